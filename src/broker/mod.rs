@@ -1,0 +1,44 @@
+//! The broker: how a message reaches every instance that has sockets on
+//! its route, and how this instance comes to receive a route's messages.
+//!
+//! The router tells the broker about the routes whose local refcount went
+//! 0 -> 1 ([`Broker::subscribe`]) or 1 -> 0 ([`Broker::unsubscribe`]); the
+//! broker delivers incoming messages into the router. In memory the router
+//! is the whole world; the Redis implementation publishes on Redis and
+//! subscribes channels on one shared pub/sub connection.
+
+mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use memory::MemoryBroker;
+
+use crate::channels::Route;
+use crate::protocol::Encoded;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    #[error("the message broker is unavailable")]
+    Unavailable,
+}
+
+pub trait Broker: Send + Sync + 'static {
+    /// Sends `msg` to every socket on `route`, on every instance. Never
+    /// waits: a message that cannot be sent now fails now.
+    fn publish(&self, route: &Route, msg: Encoded, sender: &str) -> Result<(), BrokerError>;
+
+    /// These routes now have a local subscriber.
+    fn subscribe(&self, routes: &[Route]);
+
+    /// These routes no longer have a local subscriber.
+    fn unsubscribe(&self, routes: &[Route]);
+
+    /// Resolves once messages published to `routes` reach this instance.
+    fn live<'a>(&'a self, routes: &'a [Route]) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Whether the hub can deliver (`/readyz`).
+    fn is_ready(&self) -> bool;
+}

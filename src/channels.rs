@@ -1,0 +1,118 @@
+//! Routes and the Redis names they map to (PROTOCOL.md sections 3 and 4).
+//!
+//! A [`Route`] is what a socket listens on and what a message is sent to.
+//! [`Names`] turns routes into channel names and back, and builds presence
+//! keys, all under the configured prefix: Redis pub/sub ignores database
+//! numbers, so the prefix is the only isolation between environments.
+
+use crate::protocol::VisionId;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// Every socket of one client, whatever its group.
+    Client(VisionId),
+    /// Every socket of one group.
+    Group(VisionId),
+    /// Every socket.
+    Broadcast,
+}
+
+impl Route {
+    /// The three routes every socket joins on connect.
+    pub fn for_socket(group: &VisionId, client: &VisionId) -> [Route; 3] {
+        [
+            Route::Client(client.clone()),
+            Route::Group(group.clone()),
+            Route::Broadcast,
+        ]
+    }
+
+    /// Group and broadcast messages skip the sender's own client_id; a
+    /// direct message reaches every socket of its recipient, sender or not.
+    pub fn skips_sender(&self) -> bool {
+        !matches!(self, Route::Client(_))
+    }
+}
+
+/// Channel and key names under one prefix.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    prefix: String,
+}
+
+const CLIENT: &str = "ws:client:";
+const GROUP: &str = "ws:group:";
+const BROADCAST: &str = "ws:broadcast";
+const PRESENCE: &str = "ws:presence:group:";
+
+impl Names {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Names {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn channel(&self, route: &Route) -> String {
+        let p = &self.prefix;
+        match route {
+            Route::Client(id) => format!("{p}{CLIENT}{id}"),
+            Route::Group(id) => format!("{p}{GROUP}{id}"),
+            Route::Broadcast => format!("{p}{BROADCAST}"),
+        }
+    }
+
+    /// The route of a channel name, or `None` for a name this hub does not
+    /// use (another prefix, a malformed id).
+    pub fn route(&self, channel: &str) -> Option<Route> {
+        let rest = channel.strip_prefix(self.prefix.as_str())?;
+        if rest == BROADCAST {
+            return Some(Route::Broadcast);
+        }
+        if let Some(id) = rest.strip_prefix(CLIENT) {
+            return VisionId::parse(id).ok().map(Route::Client);
+        }
+        let id = rest.strip_prefix(GROUP)?;
+        VisionId::parse(id).ok().map(Route::Group)
+    }
+
+    /// The Redis SET of the client_ids online in a group.
+    pub fn presence_key(&self, group: &VisionId) -> String {
+        format!("{}{PRESENCE}{group}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> VisionId {
+        VisionId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn names_follow_the_contract() {
+        let plain = Names::default();
+        assert_eq!(plain.channel(&Route::Client(id("c1"))), "ws:client:c1");
+        assert_eq!(plain.channel(&Route::Group(id("g1"))), "ws:group:g1");
+        assert_eq!(plain.channel(&Route::Broadcast), "ws:broadcast");
+        assert_eq!(plain.presence_key(&id("g1")), "ws:presence:group:g1");
+
+        let staged = Names::new("staging:");
+        assert_eq!(staged.channel(&Route::Group(id("g1"))), "staging:ws:group:g1");
+        assert_eq!(
+            staged.presence_key(&id("g1")),
+            "staging:ws:presence:group:g1"
+        );
+    }
+
+    #[test]
+    fn channel_names_round_trip_and_foreign_names_are_refused() {
+        let names = Names::new("p:");
+        for route in [Route::Client(id("a")), Route::Group(id("b")), Route::Broadcast] {
+            assert_eq!(names.route(&names.channel(&route)), Some(route));
+        }
+        assert_eq!(names.route("ws:broadcast"), None);
+        assert_eq!(names.route("p:ws:group:bad id"), None);
+        assert_eq!(names.route("p:ws:other:x"), None);
+    }
+}

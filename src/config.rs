@@ -1,0 +1,211 @@
+//! Configuration: every setting is an environment variable with a matching
+//! command-line flag (`aether-hub --help` lists them), checked at start-up.
+//!
+//! Knows nothing of the rest of the hub; [`Config::limits`] hands sessions
+//! the part they need.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "aether-hub", version, about = "Real-time WebSocket fan-out hub (Aether V3)")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "AETHER_BIND", default_value = "0.0.0.0:8080")]
+    pub bind: SocketAddr,
+
+    /// Redis URL (redis://host:port/db). Unset: one instance, in memory.
+    #[arg(long, env = "AETHER_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis channel and key (the only isolation between
+    /// environments that share a Redis server).
+    #[arg(long, env = "AETHER_REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
+
+    /// Comma-separated API keys. Unset: every upgrade is accepted.
+    #[arg(long, env = "AETHER_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+
+    /// Comma-separated allowed `Origin` values. Unset: any origin.
+    #[arg(long, env = "AETHER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Whether clients may send `broadcast` messages.
+    #[arg(long, env = "AETHER_ALLOW_CLIENT_BROADCAST", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_client_broadcast: bool,
+
+    /// Largest frame a client may send, in bytes (larger: close 1009).
+    #[arg(long, env = "AETHER_MAX_MESSAGE_BYTES", default_value_t = 65536,
+          value_parser = clap::value_parser!(u32).range(64..=16 * 1024 * 1024))]
+    pub max_message_bytes: u32,
+
+    /// Messages queued per socket before it counts as too slow (close 4008).
+    #[arg(long, env = "AETHER_OUTBOUND_QUEUE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub outbound_queue: u32,
+
+    /// Messages per second a socket may send, with a burst of as many; 0 = no limit.
+    #[arg(long, env = "AETHER_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+
+    /// Seconds without any frame (not even a pong) before close 4408.
+    #[arg(long, env = "AETHER_IDLE_TIMEOUT_SECS", default_value = "120", value_parser = seconds)]
+    pub idle_timeout: Duration,
+
+    /// Seconds between the hub's pings to each socket.
+    #[arg(long, env = "AETHER_PING_INTERVAL_SECS", default_value = "30", value_parser = seconds)]
+    pub ping_interval: Duration,
+
+    /// Seconds after which a dead instance's clients leave presence (Redis).
+    #[arg(long, env = "AETHER_PRESENCE_TTL_SECS", default_value = "90", value_parser = seconds)]
+    pub presence_ttl: Duration,
+
+    /// This instance's id in logs and in Redis presence records. Default: random.
+    #[arg(long, env = "AETHER_INSTANCE_ID", default_value_t = random_instance_id())]
+    pub instance_id: String,
+
+    /// Seconds to wait for sockets to close on SIGTERM/SIGINT before exiting.
+    #[arg(long, env = "AETHER_SHUTDOWN_GRACE_SECS", default_value = "10", value_parser = seconds)]
+    pub shutdown_grace: Duration,
+
+    /// Log filter (tracing syntax: `info`, `warn`, `aether_hub=debug`, ...).
+    #[arg(long, env = "AETHER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// What a session needs to know of the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub outbound_queue: usize,
+    pub rate_limit: u32,
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    pub allow_client_broadcast: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("AETHER_INSTANCE_ID: {0}")]
+    InstanceId(crate::protocol::VisionIdError),
+    #[error("AETHER_REDIS_URL: must start with redis:// or rediss://")]
+    RedisUrl,
+}
+
+impl Config {
+    /// A configuration with every default, listening on an ephemeral
+    /// loopback port: the starting point for tests and tools.
+    pub fn for_tests() -> Self {
+        let mut config = Config::parse_from(["aether-hub"]);
+        config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+
+    /// Checks what clap's per-value parsers cannot.
+    pub fn validate(mut self) -> Result<Self, ConfigError> {
+        crate::protocol::VisionId::parse(&self.instance_id).map_err(ConfigError::InstanceId)?;
+        // An empty entry ("AETHER_API_KEYS=" or "a,,b") is no key at all.
+        self.api_keys.retain(|k| !k.trim().is_empty());
+        self.allowed_origins.retain(|o| !o.trim().is_empty());
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::RedisUrl);
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.max_message_bytes as usize,
+            outbound_queue: self.outbound_queue as usize,
+            rate_limit: self.rate_limit,
+            idle_timeout: self.idle_timeout,
+            ping_interval: self.ping_interval,
+            allow_client_broadcast: self.allow_client_broadcast,
+        }
+    }
+}
+
+/// Seconds as a positive decimal number ("120", "0.5").
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0 * 365.0) {
+        return Err(format!("{s:?} must be more than 0 seconds and at most a year"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn random_instance_id() -> String {
+    format!("hub-{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["aether-hub"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate().map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.bind, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.max_message_bytes, 65536);
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.presence_ttl, Duration::from_secs(90));
+        assert!(c.allow_client_broadcast);
+        assert!(c.api_keys.is_empty());
+        assert!(c.redis_url.is_none());
+        assert!(c.instance_id.starts_with("hub-"));
+    }
+
+    #[test]
+    fn lists_and_values_parse() {
+        let c = parse(&[
+            "--api-keys",
+            "k1,k2",
+            "--allowed-origins",
+            "https://a.example,https://b.example",
+            "--allow-client-broadcast",
+            "false",
+            "--idle-timeout",
+            "0.5",
+        ])
+        .unwrap();
+        assert_eq!(c.api_keys, vec!["k1", "k2"]);
+        assert_eq!(c.allowed_origins.len(), 2);
+        assert!(!c.allow_client_broadcast);
+        assert_eq!(c.idle_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_values_stop_start_up_with_a_reason() {
+        for (args, part) in [
+            (&["--bind", "nowhere"][..], "invalid socket address"),
+            (&["--idle-timeout", "0"][..], "more than 0"),
+            (&["--ping-interval", "soon"][..], "not a number"),
+            (&["--max-message-bytes", "10"][..], "not in 64"),
+            (&["--outbound-queue", "0"][..], "not in 1"),
+            (&["--rate-limit=-1"][..], "invalid"),
+            (&["--instance-id", "a b"][..], "AETHER_INSTANCE_ID"),
+            (&["--redis-url", "localhost"][..], "AETHER_REDIS_URL"),
+            (&["--allow-client-broadcast", "maybe"][..], "invalid value"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(part), "{args:?}: {err}");
+        }
+    }
+}

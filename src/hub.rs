@@ -1,0 +1,214 @@
+//! The hub: one instance's router, broker and presence, and the operations
+//! that sessions and HTTP handlers perform on them.
+//!
+//! [`Hub::connect`] joins a new socket to its routes and to presence and
+//! returns a [`Membership`]: dropping it (normal end, error or panic) takes
+//! the socket out again, so nothing a session does can leak a route or a
+//! presence entry.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Broker, BrokerError, MemoryBroker};
+use crate::channels::Route;
+use crate::config::Limits;
+use crate::metrics::{self, DropReason};
+use crate::outbox::Outbox;
+use crate::presence::{MemoryPresence, Presence, PresenceError};
+use crate::protocol::{self, Encoded, Message, PresenceEvent, Target, VisionId};
+use crate::router::{Router, SocketId};
+
+pub struct Hub {
+    router: Arc<Router>,
+    broker: Arc<dyn Broker>,
+    presence: Arc<dyn Presence>,
+    limits: Limits,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Presence(#[from] PresenceError),
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+}
+
+impl Hub {
+    /// A single-instance hub: in-memory routing and presence.
+    pub fn in_memory(limits: Limits) -> Arc<Hub> {
+        let router = Arc::new(Router::new());
+        let broker = Arc::new(MemoryBroker::new(Arc::clone(&router)));
+        Arc::new(Hub {
+            router,
+            broker,
+            presence: Arc::new(MemoryPresence::new()),
+            limits,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.broker.is_ready() && !self.shutdown.is_cancelled()
+    }
+
+    /// Cancelled when the hub starts shutting down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Runs `task` as part of the hub: shutdown waits for it.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// Starts the shutdown: sessions close with 1001 and leave.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+    }
+
+    /// Resolves once every session and its clean-up has finished.
+    pub async fn drained(&self) {
+        self.tasks.wait().await;
+    }
+
+    /// Joins a new socket of `client` in `group` to its three routes and
+    /// to presence. Resolves once the routes are live, so anything
+    /// published after this returns reaches the socket.
+    pub async fn connect(
+        self: &Arc<Self>,
+        group: VisionId,
+        client: VisionId,
+    ) -> Result<(Membership, mpsc::Receiver<Encoded>), ConnectError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ConnectError::ShuttingDown);
+        }
+        let (outbox, rx) = Outbox::new(self.limits.outbound_queue);
+        let routes = Route::for_socket(&group, &client);
+        let socket = SocketId::next();
+        let added = self.router.join(socket, &client, &outbox, &routes);
+        self.broker.subscribe(&added);
+        metrics::connection_opened();
+        let mut member = Membership {
+            hub: Arc::clone(self),
+            socket,
+            group,
+            client,
+            routes,
+            outbox,
+            present: false,
+            close_code: 1011,
+        };
+        self.broker.live(&member.routes).await?;
+        if self.presence.join(&member.group, &member.client).await? {
+            self.announce(PresenceEvent::Join, &member.group, &member.client);
+        }
+        member.present = true;
+        Ok((member, rx))
+    }
+
+    /// Sends a validated message along its route.
+    pub fn publish(&self, msg: &Message<'_>) -> Result<(), BrokerError> {
+        let Some(route) = route_of(msg) else {
+            return Ok(());
+        };
+        self.send(&route, msg.encode(), &msg.from_id)
+    }
+
+    pub async fn members(&self, group: &VisionId) -> Result<Vec<String>, PresenceError> {
+        self.presence.members(group).await
+    }
+
+    fn send(&self, route: &Route, msg: Encoded, sender: &str) -> Result<(), BrokerError> {
+        let sent = self.broker.publish(route, msg, sender);
+        if sent.is_err() {
+            metrics::dropped(DropReason::BrokerUnavailable, 1);
+        }
+        sent
+    }
+
+    fn announce(&self, event: PresenceEvent, group: &VisionId, client: &VisionId) {
+        let msg = protocol::presence_event(event, group, client);
+        if let Err(e) = self.send(&Route::Group(group.clone()), msg, client.as_str()) {
+            tracing::warn!(%group, %client, ?event, "presence event not sent: {e}");
+        }
+    }
+}
+
+/// The route a message travels on; `None` for messages that stay on the
+/// sending socket.
+fn route_of(msg: &Message<'_>) -> Option<Route> {
+    let id = |s: Option<&str>| s.and_then(|s| VisionId::parse(s).ok());
+    match msg.target {
+        Target::Direct => id(msg.to_id.as_deref()).map(Route::Client),
+        Target::Group => id(msg.group_id.as_deref()).map(Route::Group),
+        Target::Broadcast => Some(Route::Broadcast),
+        Target::Echo => None,
+    }
+}
+
+/// One connected socket's place in the hub; dropping it leaves.
+pub struct Membership {
+    hub: Arc<Hub>,
+    socket: SocketId,
+    pub group: VisionId,
+    pub client: VisionId,
+    routes: [Route; 3],
+    outbox: Arc<Outbox>,
+    present: bool,
+    close_code: u16,
+}
+
+impl Membership {
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Records the close code the socket ended with (for metrics).
+    pub fn set_close_code(&mut self, code: u16) {
+        self.close_code = code;
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let hub = &self.hub;
+        let removed = hub.router.leave(self.socket, &self.routes);
+        hub.broker.unsubscribe(&removed);
+        metrics::connection_closed(self.close_code);
+        if !self.present {
+            return;
+        }
+        let (hub, group, client) = (Arc::clone(hub), self.group.clone(), self.client.clone());
+        let leave = async move {
+            match hub.presence.leave(&group, &client).await {
+                Ok(true) => hub.announce(PresenceEvent::Leave, &group, &client),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%group, %client, "presence leave failed: {e}"),
+            }
+        };
+        // Outside a runtime (a test tearing down) there is nobody to tell.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.hub.tasks.spawn(leave);
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The `aether-hub` binary: read the configuration, start the server, and
+//! shut down gracefully on SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use aether_hub::{Config, Server};
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::parse().validate() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("aether-hub: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match EnvFilter::try_new(&config.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("aether-hub: AETHER_LOG {:?}: {e}", config.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if let Some(limit) = aether_hub::fdlimit::raise() {
+        tracing::debug!(limit, "open-file limit raised");
+    }
+
+    let grace = config.shutdown_grace;
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = wait_for_signal().await {
+        tracing::error!("cannot listen for signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!("shutting down: closing every socket with 1001");
+    if server.shut_down(grace).await {
+        tracing::info!("shut down cleanly");
+    } else {
+        tracing::warn!("grace period over with sockets still open");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

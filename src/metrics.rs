@@ -1,0 +1,165 @@
+//! Every metric the hub exports: names, labels and buckets in one place
+//! (DESIGN.md, Observability). Prefix `aether_`.
+//!
+//! Hot-path metrics are registered once into [`Handles`] so that recording
+//! is an atomic add, not a registry lookup. Until [`install`] runs (unit
+//! tests), recording does nothing.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::protocol::{MsgType, Target};
+use crate::router::Fanout;
+
+pub const CONNECTIONS_OPEN: &str = "aether_connections_open";
+pub const CONNECTIONS_OPENED: &str = "aether_connections_opened_total";
+pub const CONNECTIONS_CLOSED: &str = "aether_connections_closed_total";
+pub const FRAMES_RECEIVED: &str = "aether_frames_received_total";
+pub const MESSAGES_DELIVERED: &str = "aether_messages_delivered_total";
+pub const MESSAGES_DROPPED: &str = "aether_messages_dropped_total";
+pub const DISPATCH_SECONDS: &str = "aether_dispatch_seconds";
+pub const FANOUT_SIZE: &str = "aether_fanout_size";
+
+/// Why a message did not reach a socket (`reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The recipient's outbound queue was full (it is closed with 4008).
+    SlowConsumer,
+    /// The sender went over its rate limit (it is closed with 4029).
+    RateLimited,
+    /// The broker could not take the message (Redis down).
+    BrokerUnavailable,
+}
+
+impl DropReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::SlowConsumer => "slow_consumer",
+            Self::RateLimited => "rate_limited",
+            Self::BrokerUnavailable => "broker_unavailable",
+        }
+    }
+}
+
+struct Handles {
+    open: Gauge,
+    opened: Counter,
+    delivered: Counter,
+    slow_consumer: Counter,
+    frames: [[Counter; 4]; 4],
+    dispatch: Histogram,
+    fanout: Histogram,
+}
+
+static HANDLES: OnceLock<Handles> = OnceLock::new();
+static EXPORTER: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+    5e-2, 0.1, 0.25, 0.5, 1.0,
+];
+const FANOUT_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    25000.0, 100000.0,
+];
+
+/// Installs the process-wide recorder (once) and returns the handle that
+/// renders `/metrics`.
+pub fn install() -> PrometheusHandle {
+    EXPORTER
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(DISPATCH_SECONDS.into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(FANOUT_SIZE.into()), FANOUT_BUCKETS)
+                });
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            // Another recorder may already be set (an embedding program's):
+            // then ours still renders, just empty.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            let _ = HANDLES.set(Handles::register());
+            handle
+        })
+        .clone()
+}
+
+impl Handles {
+    fn register() -> Self {
+        let frames = MsgType::ALL.map(|m| {
+            Target::ALL.map(|t| {
+                counter!(FRAMES_RECEIVED, "msg_type" => m.as_str(), "target" => t.as_str())
+            })
+        });
+        Handles {
+            open: gauge!(CONNECTIONS_OPEN),
+            opened: counter!(CONNECTIONS_OPENED),
+            delivered: counter!(MESSAGES_DELIVERED),
+            slow_consumer: counter!(MESSAGES_DROPPED, "reason" => DropReason::SlowConsumer.label()),
+            frames,
+            dispatch: histogram!(DISPATCH_SECONDS),
+            fanout: histogram!(FANOUT_SIZE),
+        }
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(CONNECTIONS_OPEN, "WebSocket connections open now");
+    describe_counter!(CONNECTIONS_OPENED, "WebSocket connections accepted");
+    describe_counter!(CONNECTIONS_CLOSED, "WebSocket connections closed, by close code");
+    describe_counter!(FRAMES_RECEIVED, "Valid frames received from clients");
+    describe_counter!(MESSAGES_DELIVERED, "Messages queued to local sockets");
+    describe_counter!(MESSAGES_DROPPED, "Messages that reached no socket, by reason");
+    describe_histogram!(DISPATCH_SECONDS, Unit::Seconds, "Time to fan one message out locally");
+    describe_histogram!(FANOUT_SIZE, "Local recipients of one message");
+}
+
+pub fn connection_opened() {
+    if let Some(h) = HANDLES.get() {
+        h.opened.increment(1);
+        h.open.increment(1.0);
+    }
+}
+
+/// `code` is the close code sent or received (1006 when the connection
+/// dropped without one).
+pub fn connection_closed(code: u16) {
+    if let Some(h) = HANDLES.get() {
+        h.open.decrement(1.0);
+        counter!(CONNECTIONS_CLOSED, "code" => code.to_string()).increment(1);
+    }
+}
+
+pub fn frame_received(msg_type: MsgType, target: Target) {
+    if let Some(h) = HANDLES.get() {
+        h.frames[msg_type as usize][target as usize].increment(1);
+    }
+}
+
+pub fn dropped(reason: DropReason, count: u64) {
+    if let Some(h) = HANDLES.get() {
+        match reason {
+            DropReason::SlowConsumer => h.slow_consumer.increment(count),
+            other => counter!(MESSAGES_DROPPED, "reason" => other.label()).increment(count),
+        }
+    }
+}
+
+pub fn dispatched(fanout: Fanout, took: Duration) {
+    if let Some(h) = HANDLES.get() {
+        h.delivered.increment(fanout.delivered as u64);
+        if fanout.overflowed > 0 {
+            h.slow_consumer.increment(fanout.overflowed as u64);
+        }
+        h.dispatch.record(took.as_secs_f64());
+        h.fanout.record(fanout.delivered as f64);
+    }
+}

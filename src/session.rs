@@ -1,0 +1,246 @@
+//! One socket's life after the upgrade: the read loop, the write loop,
+//! pings, the idle timeout, the rate limit and the close handshake.
+//!
+//! One task per socket. It waits on whichever comes first: a frame from the
+//! client, messages in its outbound queue, its ping tick, an overflow of its
+//! queue, or the hub's shutdown. Writes drain everything queued before
+//! flushing, so a burst costs few syscalls. Every ending is a
+//! [`Disconnect`], turned into a close code in `close.rs`.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{interval_at, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::close::Disconnect;
+use crate::config::Limits;
+use crate::hub::Membership;
+use crate::metrics::{self, DropReason};
+use crate::protocol::{self, Encoded, FrameError, MsgType, Origin, Target};
+use crate::rate_limit::RateLimit;
+
+/// How long the hub waits for the close handshake before dropping the TCP
+/// connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most queued messages written before one flush.
+const MAX_BATCH: usize = 256;
+
+/// The WebSocket settings of every socket: small buffers, so an idle socket
+/// costs a few KiB (DESIGN.md).
+pub fn websocket_config(limits: &Limits) -> tungstenite::protocol::WebSocketConfig {
+    let max = limits.max_message_bytes;
+    tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        // Must exceed the write buffer plus one message, or tungstenite panics.
+        .max_write_buffer_size(WRITE_BUFFER + 2 * max + 64 * 1024)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+const READ_BUFFER: usize = 2 * 1024;
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// Serves one upgraded socket until it ends, then closes it.
+pub async fn run<S>(ws: WebSocketStream<S>, member: Membership, rx: mpsc::Receiver<Encoded>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = member.hub().limits().clone();
+    let now = Instant::now();
+    let mut session = Session {
+        ws,
+        rx,
+        rate: RateLimit::new(limits.rate_limit, now),
+        last_seen: now,
+        last_ping: now,
+        member,
+        limits,
+    };
+    let end = session.serve().await;
+    tracing::debug!(
+        group = %session.member.group,
+        client = %session.member.client,
+        code = end.code(),
+        "socket closed: {end}"
+    );
+    session.member.set_close_code(end.code());
+    session.close(&end).await;
+}
+
+struct Session<S> {
+    ws: WebSocketStream<S>,
+    rx: mpsc::Receiver<Encoded>,
+    member: Membership,
+    limits: Limits,
+    rate: RateLimit,
+    last_seen: Instant,
+    last_ping: Instant,
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn serve(&mut self) -> Disconnect {
+        let every = tick_period(&self.limits);
+        let mut tick = interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = self.member.hub().shutdown_token().cancelled() => Err(Disconnect::Shutdown),
+                _ = self.member.outbox().overflowed() => Err(Disconnect::SlowConsumer),
+                queued = self.rx.recv() => match queued {
+                    Some(msg) => self.write(msg).await,
+                    None => Err(Disconnect::Lost),
+                },
+                frame = self.ws.next() => match frame {
+                    Some(Ok(frame)) => self.on_frame(frame).await,
+                    Some(Err(e)) => Err(self.read_error(e)),
+                    None => Err(Disconnect::Lost),
+                },
+                _ = tick.tick() => self.on_tick().await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: WsMessage) -> Result<(), Disconnect> {
+        self.last_seen = Instant::now();
+        match frame {
+            WsMessage::Text(text) => {
+                self.check_rate()?;
+                self.on_text(text.as_str()).await
+            }
+            WsMessage::Binary(_) => {
+                self.check_rate()?;
+                Err(FrameError::Schema("binary frames are not accepted: send JSON text".into()).into())
+            }
+            WsMessage::Close(frame) => Err(Disconnect::ByClient(frame.map(|f| f.code.into()))),
+            // Pings are answered by the WebSocket library; any frame counts
+            // as a sign of life.
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(()),
+        }
+    }
+
+    fn check_rate(&mut self) -> Result<(), Disconnect> {
+        if self.rate.allow(self.last_seen) {
+            return Ok(());
+        }
+        metrics::dropped(DropReason::RateLimited, 1);
+        Err(Disconnect::RateLimited)
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Disconnect> {
+        let member = &self.member;
+        let origin = Origin::Socket {
+            group: &member.group,
+            client: &member.client,
+            allow_broadcast: self.limits.allow_client_broadcast,
+        };
+        let msg = protocol::parse(text, origin)?;
+        metrics::frame_received(msg.msg_type, msg.target);
+        let reply = match (msg.msg_type, msg.target) {
+            (MsgType::Heartbeat, _) => protocol::heartbeat_reply(&member.client),
+            (MsgType::Presence, _) => {
+                // A store outage answers with no members rather than
+                // dropping the socket.
+                let members = member.hub().members(&member.group).await.unwrap_or_default();
+                protocol::presence_reply(&member.client, &member.group, &members)
+            }
+            (_, Target::Echo) => msg.encode(),
+            _ => {
+                // A broker outage costs this message (counted), not the socket.
+                let _ = member.hub().publish(&msg);
+                return Ok(());
+            }
+        };
+        self.write(reply).await
+    }
+
+    async fn on_tick(&mut self) -> Result<(), Disconnect> {
+        let now = Instant::now();
+        if now.duration_since(self.last_seen) >= self.limits.idle_timeout {
+            return Err(Disconnect::Idle);
+        }
+        if now.duration_since(self.last_ping) >= self.limits.ping_interval {
+            self.last_ping = now;
+            return self.send(WsMessage::Ping(Default::default())).await;
+        }
+        Ok(())
+    }
+
+    /// Writes `first` and whatever else is queued, then flushes once.
+    async fn write(&mut self, first: Encoded) -> Result<(), Disconnect> {
+        self.send(WsMessage::Text(first.into_text())).await
+    }
+
+    /// Sends `first` plus the queued messages. A client that stops reading
+    /// blocks the flush; its queue then overflows, or the hub shuts down,
+    /// and either ends the wait.
+    async fn send(&mut self, first: WsMessage) -> Result<(), Disconnect> {
+        let Session { ws, rx, member, .. } = self;
+        let batch = async {
+            ws.feed(first).await?;
+            for _ in 0..MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(msg) => ws.feed(WsMessage::Text(msg.into_text())).await?,
+                    Err(_) => break,
+                }
+            }
+            ws.flush().await
+        };
+        tokio::select! {
+            written = batch => written.map_err(|_| Disconnect::Lost),
+            _ = member.outbox().overflowed() => Err(Disconnect::SlowConsumer),
+            _ = member.hub().shutdown_token().cancelled() => Err(Disconnect::Shutdown),
+        }
+    }
+
+    fn read_error(&self, e: tungstenite::Error) -> Disconnect {
+        match e {
+            tungstenite::Error::Capacity(_) => Disconnect::TooBig(self.limits.max_message_bytes),
+            tungstenite::Error::Utf8(_) => {
+                FrameError::Schema("text frame is not valid UTF-8".into()).into()
+            }
+            _ => Disconnect::Lost,
+        }
+    }
+
+    /// Sends the close frame (or finishes the client's close handshake) and
+    /// reads until the client closes, so that the client reads the close
+    /// frame before the TCP connection goes.
+    async fn close(&mut self, end: &Disconnect) {
+        if *end == Disconnect::Lost {
+            return;
+        }
+        let ws = &mut self.ws;
+        let handshake = async {
+            let sent = match end.close_frame() {
+                Some(frame) => ws.close(Some(frame)).await,
+                None => ws.flush().await,
+            };
+            if sent.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
+    }
+}
+
+/// Pings and the idle check share one coarse tick: often enough to close
+/// an idle socket within a quarter of the timeout past it.
+fn tick_period(limits: &Limits) -> Duration {
+    limits
+        .ping_interval
+        .min(limits.idle_timeout / 4)
+        .max(Duration::from_millis(10))
+}
