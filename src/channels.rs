@@ -98,7 +98,10 @@ mod tests {
         assert_eq!(plain.presence_key(&id("g1")), "ws:presence:group:g1");
 
         let staged = Names::new("staging:");
-        assert_eq!(staged.channel(&Route::Group(id("g1"))), "staging:ws:group:g1");
+        assert_eq!(
+            staged.channel(&Route::Group(id("g1"))),
+            "staging:ws:group:g1"
+        );
         assert_eq!(
             staged.presence_key(&id("g1")),
             "staging:ws:presence:group:g1"
@@ -108,7 +111,11 @@ mod tests {
     #[test]
     fn channel_names_round_trip_and_foreign_names_are_refused() {
         let names = Names::new("p:");
-        for route in [Route::Client(id("a")), Route::Group(id("b")), Route::Broadcast] {
+        for route in [
+            Route::Client(id("a")),
+            Route::Group(id("b")),
+            Route::Broadcast,
+        ] {
             assert_eq!(names.route(&names.channel(&route)), Some(route));
         }
         assert_eq!(names.route("ws:broadcast"), None);

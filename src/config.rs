@@ -10,7 +10,11 @@ use std::time::Duration;
 use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "aether-hub", version, about = "Real-time WebSocket fan-out hub (Aether V3)")]
+#[command(
+    name = "aether-hub",
+    version,
+    about = "Real-time WebSocket fan-out hub (Aether V3)"
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "AETHER_BIND", default_value = "0.0.0.0:8080")]
@@ -26,7 +30,12 @@ pub struct Config {
     pub redis_prefix: String,
 
     /// Comma-separated API keys. Unset: every upgrade is accepted.
-    #[arg(long, env = "AETHER_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        env = "AETHER_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
 
     /// Comma-separated allowed `Origin` values. Unset: any origin.
@@ -96,6 +105,29 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Reads flags and environment. On a bad value, the error names the
+    /// environment variable as well as the flag, since most deployments
+    /// set the former.
+    pub fn load() -> Result<Config, String> {
+        let parsed = Config::try_parse().map_err(|e| {
+            use clap::error::{ContextKind, ContextValue, ErrorKind};
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            let env = match e.get(ContextKind::InvalidArg) {
+                Some(ContextValue::String(arg)) => env_of(arg),
+                _ => None,
+            };
+            let text = e.to_string();
+            let text = text.trim_start_matches("error: ").trim_end();
+            match env {
+                Some(env) => format!("{env}: {text}"),
+                None => text.to_owned(),
+            }
+        })?;
+        parsed.validate().map_err(|e| e.to_string())
+    }
+
     /// A configuration with every default, listening on an ephemeral
     /// loopback port: the starting point for tests and tools.
     pub fn for_tests() -> Self {
@@ -130,6 +162,17 @@ impl Config {
     }
 }
 
+/// The environment variable behind a flag as clap names it (`--bind <BIND>`).
+fn env_of(arg: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let long = arg.trim_start_matches('-').split([' ', '=']).next()?;
+    let command = Config::command();
+    let found = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?;
+    found.get_env().map(|e| e.to_string_lossy().into_owned())
+}
+
 /// Seconds as a positive decimal number ("120", "0.5").
 fn seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
@@ -137,7 +180,9 @@ fn seconds(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !(secs > 0.0 && secs <= 86_400.0 * 365.0) {
-        return Err(format!("{s:?} must be more than 0 seconds and at most a year"));
+        return Err(format!(
+            "{s:?} must be more than 0 seconds and at most a year"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }

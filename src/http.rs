@@ -88,12 +88,14 @@ impl Api {
             let api = Arc::clone(self);
             move || Arc::clone(&api)
         });
-        let query = warp::query::<Query>().or(warp::any().map(Query::new)).unify();
+        let query = warp::query::<Query>()
+            .or(warp::any().map(Query::new))
+            .unify();
 
         let ws = warp::path!("v3" / "ws" / "group" / String / "client" / String)
             .and(warp::get())
             .and(warp::header::headers_cloned())
-            .and(query.clone())
+            .and(query)
             .and(warp::ext::optional::<OnUpgrade>())
             .and(api.clone())
             .then(
@@ -115,7 +117,7 @@ impl Api {
         let presence = warp::path!("v3" / "groups" / String / "presence")
             .and(warp::get())
             .and(warp::header::headers_cloned())
-            .and(query.clone())
+            .and(query)
             .and(api.clone())
             .then(|group, headers, query, api: Arc<Api>| async move {
                 api.presence(group, headers, query).await
@@ -158,7 +160,9 @@ impl Api {
         let matched = self
             .api_keys
             .iter()
-            .fold(subtle::Choice::from(0), |acc, key| acc | key.as_bytes().ct_eq(given));
+            .fold(subtle::Choice::from(0), |acc, key| {
+                acc | key.as_bytes().ct_eq(given)
+            });
         if bool::from(matched) {
             Ok(())
         } else {
@@ -175,9 +179,11 @@ impl Api {
         let Some(origin) = headers.get(header::ORIGIN) else {
             return Ok(());
         };
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|o| self.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+        let allowed = origin.to_str().is_ok_and(|o| {
+            self.allowed_origins
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(o))
+        });
         if allowed {
             Ok(())
         } else {
@@ -217,9 +223,11 @@ impl Api {
             Refusal::new(StatusCode::BAD_REQUEST, "connection cannot be upgraded")
         })?;
 
-        let (member, rx) = self.hub.connect(group, client).await.map_err(|e| {
-            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-        })?;
+        let (member, rx) = self
+            .hub
+            .connect(group, client)
+            .await
+            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         let config = session::websocket_config(self.hub.limits());
         self.hub.spawn(async move {
             let mut member = member;
@@ -306,7 +314,11 @@ fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, Refusal> {
             "expected a WebSocket upgrade request",
         ));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "Sec-WebSocket-Version must be 13",

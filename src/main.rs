@@ -4,13 +4,12 @@
 use std::process::ExitCode;
 
 use aether_hub::{Config, Server};
-use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::parse().validate() {
+    let config = match Config::load() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("aether-hub: invalid configuration: {e}");

@@ -94,9 +94,9 @@ pub fn install() -> PrometheusHandle {
 impl Handles {
     fn register() -> Self {
         let frames = MsgType::ALL.map(|m| {
-            Target::ALL.map(|t| {
-                counter!(FRAMES_RECEIVED, "msg_type" => m.as_str(), "target" => t.as_str())
-            })
+            Target::ALL.map(
+                |t| counter!(FRAMES_RECEIVED, "msg_type" => m.as_str(), "target" => t.as_str()),
+            )
         });
         Handles {
             open: gauge!(CONNECTIONS_OPEN),
@@ -114,11 +114,21 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!(CONNECTIONS_OPEN, "WebSocket connections open now");
     describe_counter!(CONNECTIONS_OPENED, "WebSocket connections accepted");
-    describe_counter!(CONNECTIONS_CLOSED, "WebSocket connections closed, by close code");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "WebSocket connections closed, by close code"
+    );
     describe_counter!(FRAMES_RECEIVED, "Valid frames received from clients");
     describe_counter!(MESSAGES_DELIVERED, "Messages queued to local sockets");
-    describe_counter!(MESSAGES_DROPPED, "Messages that reached no socket, by reason");
-    describe_histogram!(DISPATCH_SECONDS, Unit::Seconds, "Time to fan one message out locally");
+    describe_counter!(
+        MESSAGES_DROPPED,
+        "Messages that reached no socket, by reason"
+    );
+    describe_histogram!(
+        DISPATCH_SECONDS,
+        Unit::Seconds,
+        "Time to fan one message out locally"
+    );
     describe_histogram!(FANOUT_SIZE, "Local recipients of one message");
 }
 

@@ -162,8 +162,18 @@ mod tests {
         let router = Router::new();
         let (a, mut a_rx) = Outbox::new(8);
         let (b, mut b_rx) = Outbox::new(8);
-        router.join(SocketId::next(), &id("a"), &a, &Route::for_socket(&id("g"), &id("a")));
-        router.join(SocketId::next(), &id("b"), &b, &Route::for_socket(&id("g"), &id("b")));
+        router.join(
+            SocketId::next(),
+            &id("a"),
+            &a,
+            &Route::for_socket(&id("g"), &id("a")),
+        );
+        router.join(
+            SocketId::next(),
+            &id("b"),
+            &b,
+            &Route::for_socket(&id("g"), &id("b")),
+        );
 
         let fanout = router.dispatch(&Route::Group(id("g")), &msg(), "a");
         assert_eq!(fanout.delivered, 1);

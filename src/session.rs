@@ -122,7 +122,10 @@ where
             }
             WsMessage::Binary(_) => {
                 self.check_rate()?;
-                Err(FrameError::Schema("binary frames are not accepted: send JSON text".into()).into())
+                Err(
+                    FrameError::Schema("binary frames are not accepted: send JSON text".into())
+                        .into(),
+                )
             }
             WsMessage::Close(frame) => Err(Disconnect::ByClient(frame.map(|f| f.code.into()))),
             // Pings are answered by the WebSocket library; any frame counts
@@ -153,7 +156,11 @@ where
             (MsgType::Presence, _) => {
                 // A store outage answers with no members rather than
                 // dropping the socket.
-                let members = member.hub().members(&member.group).await.unwrap_or_default();
+                let members = member
+                    .hub()
+                    .members(&member.group)
+                    .await
+                    .unwrap_or_default();
                 protocol::presence_reply(&member.client, &member.group, &members)
             }
             (_, Target::Echo) => msg.encode(),

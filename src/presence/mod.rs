@@ -35,6 +35,8 @@ pub trait Presence: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, PresenceError>>;
 
     /// The client_ids online in `group`, sorted.
-    fn members<'a>(&'a self, group: &'a VisionId)
-        -> BoxFuture<'a, Result<Vec<String>, PresenceError>>;
+    fn members<'a>(
+        &'a self,
+        group: &'a VisionId,
+    ) -> BoxFuture<'a, Result<Vec<String>, PresenceError>>;
 }

@@ -58,8 +58,14 @@ fn client_frames_accepted_and_rejected() {
         ("[1,2]", Want::Schema("invalid type")),
         ("\"msg\"", Want::Schema("invalid type")),
         // required fields
-        (r#"{"target":"echo"}"#, Want::Schema("missing field `msg_type`")),
-        (r#"{"msg_type":"msg"}"#, Want::Schema("missing field `target`")),
+        (
+            r#"{"target":"echo"}"#,
+            Want::Schema("missing field `msg_type`"),
+        ),
+        (
+            r#"{"msg_type":"msg"}"#,
+            Want::Schema("missing field `target`"),
+        ),
         // unknown enum values and fields
         (
             r#"{"msg_type":"shout","target":"echo"}"#,
@@ -267,8 +273,7 @@ fn service_frames_accepted_and_rejected() {
 #[test]
 fn hub_messages_have_the_contract_shape() {
     let (group, client) = ids();
-    let hb: serde_json::Value =
-        serde_json::from_str(heartbeat_reply(&client).as_str()).unwrap();
+    let hb: serde_json::Value = serde_json::from_str(heartbeat_reply(&client).as_str()).unwrap();
     assert_eq!(hb["msg_type"], "heartbeat");
     assert_eq!(hb["target"], "echo");
     assert_eq!(hb["from_id"], "alice");

@@ -103,11 +103,7 @@ mod tests {
             ("a/b", Err(VisionIdError::BadChar)),
         ];
         for (input, want) in cases {
-            assert_eq!(
-                VisionId::parse(input).map(|_| ()),
-                *want,
-                "input {input:?}"
-            );
+            assert_eq!(VisionId::parse(input).map(|_| ()), *want, "input {input:?}");
         }
     }
 }
