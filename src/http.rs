@@ -229,20 +229,25 @@ impl Api {
             .await
             .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         let config = session::websocket_config(self.hub.limits());
-        self.hub.spawn(async move {
+        let hub = Arc::clone(&self.hub);
+        let upgrade = async move {
             let mut member = member;
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let io = TokioIo::new(upgraded);
                     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                    session::run(ws, member, rx).await;
+                    // The session gets a task of its own, built from owned
+                    // parts: a future that also held this block's moved-from
+                    // locals would cost every idle socket hundreds of bytes.
+                    hub.spawn(session::Session::new(ws, member, rx).run());
                 }
                 Err(e) => {
                     tracing::debug!("upgrade failed: {e}");
                     member.set_close_code(1006);
                 }
             }
-        });
+        };
+        self.hub.spawn(upgrade);
         Ok(switching_protocols(&key))
     }
 

@@ -16,7 +16,7 @@ use crate::broker::{Broker, BrokerError, MemoryBroker};
 use crate::channels::Route;
 use crate::config::Limits;
 use crate::metrics::{self, DropReason};
-use crate::outbox::Outbox;
+use crate::outbox::{Kick, Outbox};
 use crate::presence::{MemoryPresence, Presence, PresenceError};
 use crate::protocol::{self, Encoded, Message, PresenceEvent, Target, VisionId};
 use crate::router::{Router, SocketId};
@@ -79,6 +79,7 @@ impl Hub {
     /// Starts the shutdown: sessions close with 1001 and leave.
     pub fn shut_down(&self) {
         self.shutdown.cancel();
+        self.router.kick_all(Kick::ShuttingDown);
         self.tasks.close();
     }
 
@@ -102,6 +103,10 @@ impl Hub {
         let routes = Route::for_socket(&group, &client);
         let socket = SocketId::next();
         let added = self.router.join(socket, &client, &outbox, &routes);
+        // A shutdown that began while this socket joined missed it.
+        if self.shutdown.is_cancelled() {
+            outbox.kick(Kick::ShuttingDown);
+        }
         self.broker.subscribe(&added);
         metrics::connection_opened();
         let mut member = Membership {
@@ -109,12 +114,11 @@ impl Hub {
             socket,
             group,
             client,
-            routes,
             outbox,
             present: false,
             close_code: 1011,
         };
-        self.broker.live(&member.routes).await?;
+        self.broker.live(&routes).await?;
         if self.presence.join(&member.group, &member.client).await? {
             self.announce(PresenceEvent::Join, &member.group, &member.client);
         }
@@ -168,7 +172,6 @@ pub struct Membership {
     socket: SocketId,
     pub group: VisionId,
     pub client: VisionId,
-    routes: [Route; 3],
     outbox: Arc<Outbox>,
     present: bool,
     close_code: u16,
@@ -192,7 +195,8 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         let hub = &self.hub;
-        let removed = hub.router.leave(self.socket, &self.routes);
+        let routes = Route::for_socket(&self.group, &self.client);
+        let removed = hub.router.leave(self.socket, &routes);
         hub.broker.unsubscribe(&removed);
         metrics::connection_closed(self.close_code);
         if !self.present {

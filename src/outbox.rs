@@ -2,10 +2,12 @@
 //!
 //! The router hands messages to a socket with [`Outbox::offer`], which never
 //! waits: a full queue means the socket cannot keep up, so the outbox is
-//! marked overflowed and the session (which owns the receiving end) closes
-//! the socket with 4008. One slow consumer costs nobody else anything.
+//! kicked and the session (which owns the receiving end) closes the socket
+//! with 4008. One slow consumer costs nobody else anything. The hub's
+//! shutdown kicks every outbox the same way, so a session waits on one
+//! signal for both.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
@@ -14,9 +16,18 @@ use crate::protocol::Encoded;
 
 pub struct Outbox {
     tx: mpsc::Sender<Encoded>,
-    overflowed: AtomicBool,
-    overflow: Notify,
+    kick: AtomicU8,
+    kicked: Notify,
 }
+
+/// Why a socket must go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    Overflowed = 1,
+    ShuttingDown = 2,
+}
+
+const NOT_KICKED: u8 = 0;
 
 /// What became of one offered message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,35 +45,48 @@ impl Outbox {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let outbox = Outbox {
             tx,
-            overflowed: AtomicBool::new(false),
-            overflow: Notify::new(),
+            kick: AtomicU8::new(NOT_KICKED),
+            kicked: Notify::new(),
         };
         (Arc::new(outbox), rx)
     }
 
     /// Queues a shared copy of `msg` without waiting.
     pub fn offer(&self, msg: &Encoded) -> Offer {
-        if self.overflowed.load(Ordering::Relaxed) {
+        if self.kick.load(Ordering::Relaxed) != NOT_KICKED {
             return Offer::Closed;
         }
         match self.tx.try_send(msg.clone()) {
             Ok(()) => Offer::Queued,
             Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.overflowed.swap(true, Ordering::Relaxed) {
-                    Offer::Closed
-                } else {
-                    self.overflow.notify_one();
-                    Offer::Overflowed
-                }
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => match self.kick(Kick::Overflowed) {
+                true => Offer::Overflowed,
+                false => Offer::Closed,
+            },
         }
     }
 
-    /// Resolves once the queue has overflowed.
-    pub async fn overflowed(&self) {
-        if !self.overflowed.load(Ordering::Relaxed) {
-            self.overflow.notified().await;
+    /// Tells the session to go; the first kick wins. False if it was
+    /// already kicked.
+    pub fn kick(&self, why: Kick) -> bool {
+        let first = self
+            .kick
+            .compare_exchange(NOT_KICKED, why as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            self.kicked.notify_one();
+        }
+        first
+    }
+
+    /// Resolves with the reason once the outbox is kicked.
+    pub async fn kicked(&self) -> Kick {
+        loop {
+            match self.kick.load(Ordering::Acquire) {
+                1 => return Kick::Overflowed,
+                2 => return Kick::ShuttingDown,
+                _ => self.kicked.notified().await,
+            }
         }
     }
 }
@@ -83,9 +107,12 @@ mod tests {
         assert_eq!(outbox.offer(&msg()), Offer::Overflowed);
         assert_eq!(outbox.offer(&msg()), Offer::Closed);
         // The owner hears of it even though it started waiting afterwards.
-        tokio::time::timeout(std::time::Duration::from_secs(5), outbox.overflowed())
+        let why = tokio::time::timeout(std::time::Duration::from_secs(5), outbox.kicked())
             .await
             .unwrap();
+        assert_eq!(why, Kick::Overflowed);
+        // A later shutdown does not change the reason.
+        assert!(!outbox.kick(Kick::ShuttingDown));
         assert!(rx.recv().await.is_some());
     }
 

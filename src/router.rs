@@ -18,7 +18,7 @@ use indexmap::IndexMap;
 
 use crate::channels::Route;
 use crate::metrics;
-use crate::outbox::{Offer, Outbox};
+use crate::outbox::{Kick, Offer, Outbox};
 use crate::protocol::{Encoded, VisionId};
 
 /// A socket's identity within this process.
@@ -102,6 +102,16 @@ impl Router {
     /// Every route some local socket listens on.
     pub fn routes(&self) -> Vec<Route> {
         self.routes.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Kicks every local socket (shutdown). Every socket is on the
+    /// broadcast route.
+    pub fn kick_all(&self, why: Kick) {
+        if let Some(members) = self.routes.get(&Route::Broadcast) {
+            for sub in members.values() {
+                sub.outbox.kick(why);
+            }
+        }
     }
 
     /// Hands `msg` to every local socket on `route`, skipping the sender's

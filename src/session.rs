@@ -20,6 +20,7 @@ use crate::close::Disconnect;
 use crate::config::Limits;
 use crate::hub::Membership;
 use crate::metrics::{self, DropReason};
+use crate::outbox::Kick;
 use crate::protocol::{self, Encoded, FrameError, MsgType, Origin, Target};
 use crate::rate_limit::RateLimit;
 
@@ -43,41 +44,13 @@ pub fn websocket_config(limits: &Limits) -> tungstenite::protocol::WebSocketConf
         .max_frame_size(Some(max))
 }
 
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 16 * 1024;
 
-/// Serves one upgraded socket until it ends, then closes it.
-pub async fn run<S>(ws: WebSocketStream<S>, member: Membership, rx: mpsc::Receiver<Encoded>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let limits = member.hub().limits().clone();
-    let now = Instant::now();
-    let mut session = Session {
-        ws,
-        rx,
-        rate: RateLimit::new(limits.rate_limit, now),
-        last_seen: now,
-        last_ping: now,
-        member,
-        limits,
-    };
-    let end = session.serve().await;
-    tracing::debug!(
-        group = %session.member.group,
-        client = %session.member.client,
-        code = end.code(),
-        "socket closed: {end}"
-    );
-    session.member.set_close_code(end.code());
-    session.close(&end).await;
-}
-
-struct Session<S> {
+pub struct Session<S> {
     ws: WebSocketStream<S>,
     rx: mpsc::Receiver<Encoded>,
     member: Membership,
-    limits: Limits,
     rate: RateLimit,
     last_seen: Instant,
     last_ping: Instant,
@@ -87,25 +60,68 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    pub fn new(ws: WebSocketStream<S>, member: Membership, rx: mpsc::Receiver<Encoded>) -> Self {
+        let now = Instant::now();
+        Session {
+            ws,
+            rx,
+            rate: RateLimit::new(member.hub().limits().rate_limit, now),
+            last_seen: now,
+            last_ping: now,
+            member,
+        }
+    }
+
+    /// Serves the socket until it ends, then closes it.
+    ///
+    /// Not an `async fn`: those keep their arguments twice in the future
+    /// (rust-lang/rust#62958), and this future lives as long as the socket.
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(mut self) -> impl std::future::Future<Output = ()> {
+        async move {
+            let end = self.serve().await;
+            // Boxed: closing happens once, so an idle socket should not
+            // carry its state (a timer among it).
+            Box::pin(self.finish(end)).await;
+        }
+    }
+
+    async fn finish(&mut self, end: Disconnect) {
+        tracing::debug!(
+            group = %self.member.group,
+            client = %self.member.client,
+            code = end.code(),
+            "socket closed: {end}"
+        );
+        self.member.set_close_code(end.code());
+        self.close(&end).await;
+    }
+
+    fn limits(&self) -> &Limits {
+        self.member.hub().limits()
+    }
+
     async fn serve(&mut self) -> Disconnect {
-        let every = tick_period(&self.limits);
+        let every = tick_period(self.limits());
         let mut tick = interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 biased;
-                _ = self.member.hub().shutdown_token().cancelled() => Err(Disconnect::Shutdown),
-                _ = self.member.outbox().overflowed() => Err(Disconnect::SlowConsumer),
+                why = self.member.outbox().kicked() => Err(kicked(why)),
                 queued = self.rx.recv() => match queued {
                     Some(msg) => self.write(msg).await,
                     None => Err(Disconnect::Lost),
                 },
                 frame = self.ws.next() => match frame {
-                    Some(Ok(frame)) => self.on_frame(frame).await,
+                    // Boxed: the frame handler's state is large and only
+                    // alive while a frame is handled, so an idle socket
+                    // should not carry it.
+                    Some(Ok(frame)) => Box::pin(self.on_frame(frame)).await,
                     Some(Err(e)) => Err(self.read_error(e)),
                     None => Err(Disconnect::Lost),
                 },
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick() => Box::pin(self.on_tick()).await,
             };
             if let Err(end) = step {
                 return end;
@@ -147,7 +163,7 @@ where
         let origin = Origin::Socket {
             group: &member.group,
             client: &member.client,
-            allow_broadcast: self.limits.allow_client_broadcast,
+            allow_broadcast: self.limits().allow_client_broadcast,
         };
         let msg = protocol::parse(text, origin)?;
         metrics::frame_received(msg.msg_type, msg.target);
@@ -175,10 +191,10 @@ where
 
     async fn on_tick(&mut self) -> Result<(), Disconnect> {
         let now = Instant::now();
-        if now.duration_since(self.last_seen) >= self.limits.idle_timeout {
+        if now.duration_since(self.last_seen) >= self.limits().idle_timeout {
             return Err(Disconnect::Idle);
         }
-        if now.duration_since(self.last_ping) >= self.limits.ping_interval {
+        if now.duration_since(self.last_ping) >= self.limits().ping_interval {
             self.last_ping = now;
             return self.send(WsMessage::Ping(Default::default())).await;
         }
@@ -187,7 +203,7 @@ where
 
     /// Writes `first` and whatever else is queued, then flushes once.
     async fn write(&mut self, first: Encoded) -> Result<(), Disconnect> {
-        self.send(WsMessage::Text(first.into_text())).await
+        self.send(WsMessage::Text(first.text())).await
     }
 
     /// Sends `first` plus the queued messages. A client that stops reading
@@ -199,7 +215,7 @@ where
             ws.feed(first).await?;
             for _ in 0..MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(msg) => ws.feed(WsMessage::Text(msg.into_text())).await?,
+                    Ok(msg) => ws.feed(WsMessage::Text(msg.text())).await?,
                     Err(_) => break,
                 }
             }
@@ -207,14 +223,13 @@ where
         };
         tokio::select! {
             written = batch => written.map_err(|_| Disconnect::Lost),
-            _ = member.outbox().overflowed() => Err(Disconnect::SlowConsumer),
-            _ = member.hub().shutdown_token().cancelled() => Err(Disconnect::Shutdown),
+            why = member.outbox().kicked() => Err(kicked(why)),
         }
     }
 
     fn read_error(&self, e: tungstenite::Error) -> Disconnect {
         match e {
-            tungstenite::Error::Capacity(_) => Disconnect::TooBig(self.limits.max_message_bytes),
+            tungstenite::Error::Capacity(_) => Disconnect::TooBig(self.limits().max_message_bytes),
             tungstenite::Error::Utf8(_) => {
                 FrameError::Schema("text frame is not valid UTF-8".into()).into()
             }
@@ -240,6 +255,13 @@ where
             }
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
+    }
+}
+
+fn kicked(why: Kick) -> Disconnect {
+    match why {
+        Kick::Overflowed => Disconnect::SlowConsumer,
+        Kick::ShuttingDown => Disconnect::Shutdown,
     }
 }
 

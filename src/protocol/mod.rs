@@ -13,6 +13,7 @@ mod vision_id;
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -104,21 +105,25 @@ pub enum Origin<'a> {
 }
 
 /// A message as serialised once for delivery; clones share the bytes.
+///
+/// One pointer wide on purpose: every socket's outbound queue preallocates
+/// a block of slots, and an idle socket should not pay for fat ones.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Encoded(Utf8Bytes);
+pub struct Encoded(Arc<Utf8Bytes>);
 
 impl Encoded {
     /// Wraps text that arrived from elsewhere (a Redis channel) unchanged.
     pub fn from_text(text: Utf8Bytes) -> Self {
-        Encoded(text)
+        Encoded(Arc::new(text))
     }
 
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
 
-    pub fn into_text(self) -> Utf8Bytes {
-        self.0
+    /// The text to write to a socket (shares the bytes).
+    pub fn text(&self) -> Utf8Bytes {
+        Utf8Bytes::clone(&self.0)
     }
 }
 
@@ -317,7 +322,7 @@ struct Outgoing<'a> {
 fn encode(out: &Outgoing<'_>) -> Encoded {
     // Serialising plain strings and raw JSON into a String cannot fail.
     let text = serde_json::to_string(out).unwrap_or_default();
-    Encoded(Utf8Bytes::from(text))
+    Encoded::from_text(Utf8Bytes::from(text))
 }
 
 /// A message the hub itself writes (replies and presence events).

@@ -1,0 +1,45 @@
+//! `aether-load`: drives one or more hub instances over real sockets and
+//! reports what it measured. Each scenario prints a progress line every
+//! second, a human summary, and one JSON object as its last line.
+//!
+//! Scenarios live one per module; this file only parses the command line.
+
+mod client;
+mod connect;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "aether-load",
+    about = "Load generator for aether-hub (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Open many idle sockets, hold them, and report connect rate and the
+    /// hub's memory per socket.
+    Connect(connect::Args),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    aether_hub::fdlimit::raise();
+    let result = match cli.scenario {
+        Scenario::Connect(args) => connect::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aether-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
