@@ -44,8 +44,13 @@ pub fn websocket_config(limits: &Limits) -> tungstenite::protocol::WebSocketConf
         .max_frame_size(Some(max))
 }
 
-const READ_BUFFER: usize = 1024;
-const WRITE_BUFFER: usize = 16 * 1024;
+/// Allocated up front for every socket, so kept small: client frames are
+/// mostly a few hundred bytes, and a larger frame grows the buffer for the
+/// time it takes to read it.
+const READ_BUFFER: usize = 512;
+/// Queued messages are gathered up to this size before a write syscall;
+/// `flush` writes the rest.
+const WRITE_BUFFER: usize = 8 * 1024;
 
 pub struct Session<S> {
     ws: WebSocketStream<S>,

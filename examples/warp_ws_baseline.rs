@@ -1,0 +1,31 @@
+//! Baseline for the idle-memory benchmark: the same route served with
+//! warp's stock `ws()` filter (tungstenite's default 128 KiB read buffer),
+//! holding each socket open and reading until it closes. No protocol, no
+//! routing. `benches/idle-memory.sh` measures it beside the hub in one run.
+//!
+//! Usage: `warp_ws_baseline 127.0.0.1:18181`
+
+use futures_util::StreamExt;
+use warp::Filter;
+
+#[tokio::main]
+async fn main() {
+    aether_hub::fdlimit::raise();
+    let addr: std::net::SocketAddr = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| ([127, 0, 0, 1], 18181).into());
+    let route = warp::path!("v3" / "ws" / "group" / String / "client" / String)
+        .and(warp::ws())
+        .map(|_group: String, _client: String, ws: warp::ws::Ws| {
+            ws.on_upgrade(|mut socket| async move { while let Some(Ok(_)) = socket.next().await {} })
+        });
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("warp_ws_baseline: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    };
+    warp::serve(route).incoming(listener).run().await;
+}

@@ -1,0 +1,61 @@
+//! The load tool runs its scenarios and reports consistent numbers on a
+//! tiny load. Figures themselves are benchmarks (BENCHMARKS.md), never
+//! asserted here.
+
+mod support;
+
+use std::process::Command;
+
+use support::TestHub;
+
+const LOAD: &str = env!("CARGO_BIN_EXE_aether-load");
+
+fn last_json(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let last = text.lines().last().expect("some output");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
+}
+
+#[tokio::test]
+async fn connect_opens_holds_and_reports() {
+    let hub = TestHub::start().await;
+    let url = format!("ws://{}", hub.addr);
+    let pid = std::process::id().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(LOAD)
+            .args(["connect", "--url", &url, "--sockets", "60", "--parallel", "8"])
+            .args(["--groups", "3", "--sources", "2", "--hold", "0.2", "--settle", "0.1"])
+            .args(["--server-pid", &pid])
+            .output()
+            .expect("run aether-load")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = last_json(&out.stdout);
+    assert_eq!(report["scenario"], "connect");
+    assert_eq!(report["established"], 60);
+    assert_eq!(report["failed"], 0);
+    assert!(report["connects_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(report["hub_rss_after_kib"].as_u64().unwrap() > 0);
+    // The tool closed its sockets when done: the hub sees every client go.
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    loop {
+        let members = hub.get("/v3/groups/load-g0/presence").await.json();
+        if members["members"] == serde_json::json!([]) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still present: {members}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn the_load_tool_refuses_targets_off_loopback() {
+    let out = Command::new(LOAD)
+        .args(["connect", "--url", "ws://10.1.2.3:8080", "--sockets", "1"])
+        .output()
+        .expect("run aether-load");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
