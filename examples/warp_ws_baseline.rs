@@ -18,7 +18,9 @@ async fn main() {
     let route = warp::path!("v3" / "ws" / "group" / String / "client" / String)
         .and(warp::ws())
         .map(|_group: String, _client: String, ws: warp::ws::Ws| {
-            ws.on_upgrade(|mut socket| async move { while let Some(Ok(_)) = socket.next().await {} })
+            ws.on_upgrade(
+                |mut socket| async move { while let Some(Ok(_)) = socket.next().await {} },
+            )
         });
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,

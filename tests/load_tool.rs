@@ -23,15 +23,36 @@ async fn connect_opens_holds_and_reports() {
     let pid = std::process::id().to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(LOAD)
-            .args(["connect", "--url", &url, "--sockets", "60", "--parallel", "8"])
-            .args(["--groups", "3", "--sources", "2", "--hold", "0.2", "--settle", "0.1"])
+            .args([
+                "connect",
+                "--url",
+                &url,
+                "--sockets",
+                "60",
+                "--parallel",
+                "8",
+            ])
+            .args([
+                "--groups",
+                "3",
+                "--sources",
+                "2",
+                "--hold",
+                "0.2",
+                "--settle",
+                "0.1",
+            ])
             .args(["--server-pid", &pid])
             .output()
             .expect("run aether-load")
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = last_json(&out.stdout);
     assert_eq!(report["scenario"], "connect");
     assert_eq!(report["established"], 60);
@@ -45,7 +66,10 @@ async fn connect_opens_holds_and_reports() {
         if members["members"] == serde_json::json!([]) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "still present: {members}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still present: {members}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
