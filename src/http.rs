@@ -100,7 +100,9 @@ impl Api {
             .and(api.clone())
             .then(
                 |group, client, headers, query, on_upgrade, api: Arc<Api>| async move {
-                    api.upgrade(group, client, headers, query, on_upgrade).await
+                    api.accept(group, client, headers, query, on_upgrade)
+                        .await
+                        .unwrap_or_else(Refusal::text)
                 },
             );
         let healthz = warp::path!("healthz")
@@ -188,20 +190,6 @@ impl Api {
             Ok(())
         } else {
             Err(Refusal::new(StatusCode::FORBIDDEN, "origin not allowed"))
-        }
-    }
-
-    async fn upgrade(
-        &self,
-        group: String,
-        client: String,
-        headers: HeaderMap,
-        query: Query,
-        on_upgrade: Option<OnUpgrade>,
-    ) -> Response {
-        match self.accept(group, client, headers, query, on_upgrade).await {
-            Ok(response) => response,
-            Err(refusal) => refusal.text(),
         }
     }
 
