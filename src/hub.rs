@@ -45,10 +45,20 @@ impl Hub {
     pub fn in_memory(limits: Limits) -> Arc<Hub> {
         let router = Arc::new(Router::new());
         let broker = Arc::new(MemoryBroker::new(Arc::clone(&router)));
+        Hub::new(router, broker, Arc::new(MemoryPresence::new()), limits)
+    }
+
+    /// A hub over the given parts; `broker` must deliver into `router`.
+    pub fn new(
+        router: Arc<Router>,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn Presence>,
+        limits: Limits,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             router,
             broker,
-            presence: Arc::new(MemoryPresence::new()),
+            presence,
             limits,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -214,5 +224,87 @@ impl Drop for Membership {
         if tokio::runtime::Handle::try_current().is_ok() {
             self.hub.tasks.spawn(leave);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::broker::BoxFuture;
+    use crate::config::Config;
+
+    /// The in-memory broker, recording what the router asked of it.
+    struct Recording {
+        inner: MemoryBroker,
+        calls: Mutex<Vec<(&'static str, Route)>>,
+    }
+
+    impl Broker for Recording {
+        fn publish(&self, route: &Route, msg: Encoded, sender: &str) -> Result<(), BrokerError> {
+            self.inner.publish(route, msg, sender)
+        }
+        fn subscribe(&self, routes: &[Route]) {
+            let mut calls = self.calls.lock().unwrap();
+            calls.extend(routes.iter().map(|r| ("subscribe", r.clone())));
+        }
+        fn unsubscribe(&self, routes: &[Route]) {
+            let mut calls = self.calls.lock().unwrap();
+            calls.extend(routes.iter().map(|r| ("unsubscribe", r.clone())));
+        }
+        fn live<'a>(&'a self, routes: &'a [Route]) -> BoxFuture<'a, Result<(), BrokerError>> {
+            self.inner.live(routes)
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+    }
+
+    fn id(s: &str) -> VisionId {
+        VisionId::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_broker_hears_of_first_joins_and_last_leaves_only() {
+        let router = Arc::new(Router::new());
+        let broker = Arc::new(Recording {
+            inner: MemoryBroker::new(Arc::clone(&router)),
+            calls: Mutex::new(Vec::new()),
+        });
+        let presence = Arc::new(MemoryPresence::new());
+        let hub = Hub::new(
+            router,
+            broker.clone(),
+            presence,
+            Config::for_tests().limits(),
+        );
+
+        let (a, _a_rx) = hub.connect(id("g"), id("a")).await.unwrap();
+        let (b, _b_rx) = hub.connect(id("g"), id("b")).await.unwrap();
+        let (a2, _a2_rx) = hub.connect(id("g"), id("a")).await.unwrap();
+        drop(a);
+        drop(b);
+        drop(a2);
+
+        let calls = broker.calls.lock().unwrap().clone();
+        let (g, ca, cb) = (
+            Route::Group(id("g")),
+            Route::Client(id("a")),
+            Route::Client(id("b")),
+        );
+        assert_eq!(
+            calls,
+            vec![
+                ("subscribe", ca.clone()),
+                ("subscribe", g.clone()),
+                ("subscribe", Route::Broadcast),
+                ("subscribe", cb.clone()),
+                ("unsubscribe", cb),
+                ("unsubscribe", ca),
+                ("unsubscribe", g),
+                ("unsubscribe", Route::Broadcast),
+            ]
+        );
     }
 }
