@@ -79,7 +79,35 @@ impl Names {
     pub fn presence_key(&self, group: &VisionId) -> String {
         format!("{}{PRESENCE}{group}", self.prefix)
     }
+
+    /// The SET of instances holding `client` in `group` (presence/redis.rs).
+    pub fn holders_key(&self, group: &VisionId, client: &VisionId) -> String {
+        format!("{}{HOLDERS}{group}:{client}", self.prefix)
+    }
+
+    /// An instance's liveness record: exists while the instance lives.
+    pub fn instance_key(&self, instance: &str) -> String {
+        format!("{}{INSTANCE}{instance}", self.prefix)
+    }
+
+    /// The SET of `"group client"` entries an instance holds.
+    pub fn instance_members_key(&self, instance: &str) -> String {
+        format!("{}{INSTANCE}{instance}:members", self.prefix)
+    }
+
+    /// The SET of every instance that has recorded presence.
+    pub fn instances_key(&self) -> String {
+        format!("{}{INSTANCES}", self.prefix)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
 }
+
+const HOLDERS: &str = "ws:presence:holders:";
+const INSTANCE: &str = "ws:presence:instance:";
+const INSTANCES: &str = "ws:presence:instances";
 
 #[cfg(test)]
 mod tests {

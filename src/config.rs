@@ -72,8 +72,14 @@ pub struct Config {
     #[arg(long, env = "AETHER_PRESENCE_TTL_SECS", default_value = "90", value_parser = seconds)]
     pub presence_ttl: Duration,
 
-    /// This instance's id in logs and in Redis presence records. Default: random.
-    #[arg(long, env = "AETHER_INSTANCE_ID", default_value_t = random_instance_id())]
+    /// This instance's id in logs and in Redis presence records (a Vision ID).
+    /// Default: random, different for every start.
+    #[arg(
+        long,
+        env = "AETHER_INSTANCE_ID",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub instance_id: String,
 
     /// Seconds to wait for sockets to close on SIGTERM/SIGINT before exiting.
@@ -133,11 +139,15 @@ impl Config {
     pub fn for_tests() -> Self {
         let mut config = Config::parse_from(["aether-hub"]);
         config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.instance_id = random_instance_id();
         config
     }
 
     /// Checks what clap's per-value parsers cannot.
     pub fn validate(mut self) -> Result<Self, ConfigError> {
+        if self.instance_id.is_empty() {
+            self.instance_id = random_instance_id();
+        }
         crate::protocol::VisionId::parse(&self.instance_id).map_err(ConfigError::InstanceId)?;
         // An empty entry ("AETHER_API_KEYS=" or "a,,b") is no key at all.
         self.api_keys.retain(|k| !k.trim().is_empty());

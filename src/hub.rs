@@ -93,9 +93,11 @@ impl Hub {
         self.tasks.close();
     }
 
-    /// Resolves once every session and its clean-up has finished.
+    /// Resolves once every session and its clean-up has finished, and
+    /// presence holds nothing of this instance.
     pub async fn drained(&self) {
         self.tasks.wait().await;
+        self.presence.close().await;
     }
 
     /// Joins a new socket of `client` in `group` to its three routes and

@@ -22,6 +22,11 @@ pub const MESSAGES_DELIVERED: &str = "aether_messages_delivered_total";
 pub const MESSAGES_DROPPED: &str = "aether_messages_dropped_total";
 pub const DISPATCH_SECONDS: &str = "aether_dispatch_seconds";
 pub const FANOUT_SIZE: &str = "aether_fanout_size";
+pub const REDIS_PUBLISHES: &str = "aether_redis_publishes_total";
+pub const REDIS_RECEIVED: &str = "aether_redis_messages_received_total";
+pub const REDIS_CHANNELS: &str = "aether_redis_channels_subscribed";
+pub const REDIS_RECONNECTS: &str = "aether_redis_reconnects_total";
+pub const REDIS_UP: &str = "aether_redis_up";
 
 /// Why a message did not reach a socket (`reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +57,9 @@ struct Handles {
     frames: [[Counter; 4]; 4],
     dispatch: Histogram,
     fanout: Histogram,
+    redis_publishes: Counter,
+    redis_received: Counter,
+    broker_unavailable: Counter,
 }
 
 static HANDLES: OnceLock<Handles> = OnceLock::new();
@@ -106,6 +114,11 @@ impl Handles {
             frames,
             dispatch: histogram!(DISPATCH_SECONDS),
             fanout: histogram!(FANOUT_SIZE),
+            redis_publishes: counter!(REDIS_PUBLISHES),
+            redis_received: counter!(REDIS_RECEIVED),
+            broker_unavailable: counter!(
+                MESSAGES_DROPPED, "reason" => DropReason::BrokerUnavailable.label()
+            ),
         }
     }
 }
@@ -130,6 +143,17 @@ fn describe() {
         "Time to fan one message out locally"
     );
     describe_histogram!(FANOUT_SIZE, "Local recipients of one message");
+    describe_counter!(REDIS_PUBLISHES, "Messages published to Redis");
+    describe_counter!(REDIS_RECEIVED, "Messages received from Redis pub/sub");
+    describe_gauge!(
+        REDIS_CHANNELS,
+        "Redis channels this instance is subscribed to"
+    );
+    describe_counter!(
+        REDIS_RECONNECTS,
+        "Times the Redis connection was lost and rebuilt"
+    );
+    describe_gauge!(REDIS_UP, "1 while Redis is connected and answering probes");
 }
 
 pub fn connection_opened() {
@@ -158,6 +182,7 @@ pub fn dropped(reason: DropReason, count: u64) {
     if let Some(h) = HANDLES.get() {
         match reason {
             DropReason::SlowConsumer => h.slow_consumer.increment(count),
+            DropReason::BrokerUnavailable => h.broker_unavailable.increment(count),
             other => counter!(MESSAGES_DROPPED, "reason" => other.label()).increment(count),
         }
     }
@@ -172,4 +197,28 @@ pub fn dispatched(fanout: Fanout, took: Duration) {
         h.dispatch.record(took.as_secs_f64());
         h.fanout.record(fanout.delivered as f64);
     }
+}
+
+pub fn redis_published(count: u64) {
+    if let Some(h) = HANDLES.get() {
+        h.redis_publishes.increment(count);
+    }
+}
+
+pub fn redis_received() {
+    if let Some(h) = HANDLES.get() {
+        h.redis_received.increment(1);
+    }
+}
+
+pub fn redis_channels(count: usize) {
+    gauge!(REDIS_CHANNELS).set(count as f64);
+}
+
+pub fn redis_up(up: bool) {
+    gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn redis_reconnect() {
+    counter!(REDIS_RECONNECTS).increment(1);
 }

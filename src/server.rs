@@ -12,10 +12,15 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use warp::Filter;
 
+use crate::broker::RedisBroker;
+use crate::channels::Names;
 use crate::config::Config;
 use crate::http::{self, Api};
 use crate::hub::Hub;
 use crate::metrics;
+use crate::presence::RedisPresence;
+use crate::redis_link::RedisLink;
+use crate::router::Router;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -24,8 +29,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("Redis mode (AETHER_REDIS_URL) is not available in this build yet; unset it to run in memory")]
-    RedisUnsupported,
+    #[error(transparent)]
+    RedisUrl(#[from] crate::redis_link::UrlError),
 }
 
 pub struct Server {
@@ -35,14 +40,25 @@ pub struct Server {
     upkeep: JoinHandle<()>,
 }
 
+/// In memory without a Redis URL; otherwise the Redis broker and presence.
+fn build_hub(config: &Config) -> Result<Arc<Hub>, StartError> {
+    let Some(url) = &config.redis_url else {
+        return Ok(Hub::in_memory(config.limits()));
+    };
+    let link = Arc::new(RedisLink::new(url)?);
+    let names = Names::new(config.redis_prefix.clone());
+    let router = Arc::new(Router::new());
+    let broker = RedisBroker::start(Arc::clone(&link), Arc::clone(&router), names.clone());
+    let presence =
+        RedisPresence::start(link, names, config.instance_id.clone(), config.presence_ttl);
+    Ok(Hub::new(router, broker, presence, config.limits()))
+}
+
 impl Server {
     /// Binds and starts serving; returns once the listener is bound.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        if config.redis_url.is_some() {
-            return Err(StartError::RedisUnsupported);
-        }
         let prometheus = metrics::install();
-        let hub = Hub::in_memory(config.limits());
+        let hub = build_hub(&config)?;
         if config.api_keys.is_empty() {
             tracing::warn!("no API keys configured: every upgrade is accepted (development mode)");
         }
@@ -76,7 +92,12 @@ impl Server {
                 prometheus.run_upkeep();
             }
         });
-        tracing::info!(%addr, instance = %config.instance_id, "aether-hub listening (in-memory mode)");
+        let mode = if config.redis_url.is_some() {
+            "redis"
+        } else {
+            "in-memory"
+        };
+        tracing::info!(%addr, instance = %config.instance_id, mode, "aether-hub listening");
         Ok(Server {
             addr,
             hub,

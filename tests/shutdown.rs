@@ -4,78 +4,20 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use support::process::{signal, spawn_hub, wait_exit, BIN};
 use support::Client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_aether-hub");
-
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
-async fn spawn_hub() -> Running {
-    let addr = free_port();
-    let child = Command::new(BIN)
-        .env("AETHER_BIND", addr.to_string())
-        .env("AETHER_SHUTDOWN_GRACE_SECS", "5")
-        .env("AETHER_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start aether-hub");
-    let running = Running { child, addr };
-    let deadline = Instant::now() + support::TIMEOUT;
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "hub did not start listening");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    running
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: sending a signal to our own child process.
-    let sent = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-    assert_eq!(sent, 0, "signal delivered");
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "hub did not exit in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 async fn shuts_down_on(sig: libc::c_int) {
-    let mut hub = spawn_hub().await;
+    let mut hub = spawn_hub(&[]).await;
     let url = |g: &str, c: &str| format!("ws://{}/v3/ws/group/{g}/client/{c}", hub.addr);
     let mut clients = Vec::new();
     for (g, c) in [("g1", "a"), ("g1", "b"), ("g2", "c")] {
         clients.push(Client::connect(&url(g, c), &[]).await.expect("connect"));
     }
-    let members = support::http_request(hub.addr, "GET", "/v3/groups/g1/presence", &[], "").await;
+    let members = hub.get("/v3/groups/g1/presence").await;
     assert_eq!(members.json()["members"], serde_json::json!(["a", "b"]));
 
     signal(&hub.child, sig);

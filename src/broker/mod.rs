@@ -8,11 +8,13 @@
 //! subscribes channels on one shared pub/sub connection.
 
 mod memory;
+mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
 
 pub use memory::MemoryBroker;
+pub use redis::RedisBroker;
 
 use crate::channels::Route;
 use crate::protocol::Encoded;

@@ -6,8 +6,10 @@
 //! so the hub knows when to announce a join or a leave to the group.
 
 mod memory;
+mod redis;
 
 pub use memory::MemoryPresence;
+pub use redis::RedisPresence;
 
 use crate::broker::BoxFuture;
 use crate::protocol::VisionId;
@@ -39,4 +41,10 @@ pub trait Presence: Send + Sync + 'static {
         &'a self,
         group: &'a VisionId,
     ) -> BoxFuture<'a, Result<Vec<String>, PresenceError>>;
+
+    /// Called once at shutdown, after every socket has left: removes
+    /// whatever of this instance a shared store still holds.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }

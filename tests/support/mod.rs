@@ -5,7 +5,9 @@
 
 #![allow(dead_code)]
 
+pub mod process;
 pub mod raw;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,6 +44,33 @@ impl TestHub {
             .expect("hub starts");
         let addr = server.local_addr();
         TestHub { server, addr }
+    }
+
+    /// A hub in Redis mode against `redis`, once it reports ready.
+    pub async fn on_redis(redis: &redis::RedisServer, adjust: impl FnOnce(&mut Config)) -> TestHub {
+        let url = redis.url();
+        let hub = Self::with(|c| {
+            c.redis_url = Some(url);
+            adjust(c);
+        })
+        .await;
+        hub.wait_ready(200).await;
+        hub
+    }
+
+    /// Waits (bounded) until `/readyz` answers `status`.
+    pub async fn wait_ready(&self, status: u16) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            if self.get("/readyz").await.status == status {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never answered {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub fn ws_url(&self, group: &str, client: &str) -> String {
@@ -146,6 +175,21 @@ impl Client {
                 Some(Event::Text(_)) => continue,
                 Some(Event::Closed(code, reason)) => return (code, reason),
                 None => panic!("no close frame within {TIMEOUT:?}"),
+            }
+        }
+    }
+
+    /// The next text frame exactly as the hub sent it.
+    pub async fn ws_next_text(&mut self) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+            {
+                Ok(Message::Text(t)) => return Some(t.to_string()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
             }
         }
     }
@@ -292,6 +336,19 @@ fn dechunk(mut rest: &str) -> String {
         rest = after[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// Polls `check` until it holds, for at most [`TIMEOUT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A message as a client would write it.

@@ -1,0 +1,78 @@
+//! The real `aether-hub` binary as a child process, for what only a
+//! process can show: signals, exit codes, being killed.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_aether-hub");
+
+pub struct Running {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Running {
+    pub fn ws_url(&self, group: &str, client: &str) -> String {
+        format!("ws://{}/v3/ws/group/{group}/client/{client}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> super::HttpResponse {
+        super::http_request(self.addr, "GET", path, &[], "").await
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// Starts the hub with `env` on a free port; returns once it is ready.
+pub async fn spawn_hub(env: &[(&str, &str)]) -> Running {
+    let addr = free_addr();
+    let child = Command::new(BIN)
+        .env("AETHER_BIND", addr.to_string())
+        .env("AETHER_SHUTDOWN_GRACE_SECS", "5")
+        .env("AETHER_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start aether-hub");
+    let running = Running { child, addr };
+    let deadline = Instant::now() + super::TIMEOUT;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && running.get("/readyz").await.status == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hub did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running
+}
+
+pub fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: sending a signal to our own child process.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(sent, 0, "signal delivered");
+}
+
+pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "hub did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
