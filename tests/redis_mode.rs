@@ -271,20 +271,38 @@ async fn presence_is_shared_and_counts_sockets_on_every_instance() {
 }
 
 #[tokio::test]
-async fn a_redis_restart_keeps_every_socket_and_traffic_resumes() {
+async fn a_redis_restart_mid_traffic_keeps_every_socket_and_traffic_resumes() {
     let mut redis = RedisServer::start();
     let (a, b) = pair(&redis).await;
-    let mut alice = a.connect("g1", "alice").await;
+    let alice = a.connect("g1", "alice").await;
     let mut bob = b.connect("g1", "bob").await;
-    let _ = alice.recv().await; // bob joined
-    alice.send(msg("group", json!({"msg": "before"}))).await;
-    assert_eq!(bob.recv().await["msg"], "before");
+
+    // alice sends every 10 ms throughout, from before the crash until
+    // after the restart; her socket must survive all of it.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    let sender = tokio::spawn(async move {
+        let mut alice = alice;
+        loop {
+            let seq = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            alice
+                .send(msg("group", json!({"payload": {"seq": seq}})))
+                .await;
+            tokio::select! {
+                _ = &mut stopped => return alice,
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+    });
+    let first = bob.recv().await; // traffic flows before the crash
+    assert!(first["payload"]["seq"].is_u64() || first["msg_type"] == "presence");
 
     redis.kill();
     a.wait_ready(503).await;
     b.wait_ready(503).await;
-    // During the outage: a publish fails fast and costs the sender nothing.
-    alice.send(msg("group", json!({"msg": "lost"}))).await;
+    // During the outage: publishing fails fast, upgrades and presence
+    // queries are refused, and nobody is disconnected.
     let refused = b
         .post(
             "/v3/publish",
@@ -293,22 +311,32 @@ async fn a_redis_restart_keeps_every_socket_and_traffic_resumes() {
         )
         .await;
     assert_eq!(refused.status, 503);
-    assert!(
-        a.metric(r#"aether_messages_dropped_total{reason="broker_unavailable"}"#)
-            .await
-            >= 1.0
-    );
     let (status, _) = a.upgrade_status("/v3/ws/group/g1/client/late", &[]).await;
     assert_eq!(status, 503);
     assert_eq!(b.get("/v3/groups/g1/presence").await.status, 503);
+    eventually("a dropped publish is counted", || async {
+        a.metric(r#"aether_messages_dropped_total{reason="broker_unavailable"}"#)
+            .await
+            >= 1.0
+    })
+    .await;
 
     redis.restart();
     a.wait_ready(200).await;
     b.wait_ready(200).await;
-    // Same sockets, traffic flows again, presence rebuilt in the new Redis.
-    alice.send(msg("group", json!({"msg": "after"}))).await;
-    let got = bob.recv().await;
-    assert_eq!(got["msg"], "after", "{got}");
+    // Messages sent after the restart reach bob: same sockets both ends.
+    let mark = sent.load(std::sync::atomic::Ordering::SeqCst);
+    loop {
+        let got = bob.recv().await;
+        if got["payload"]["seq"].as_u64().is_some_and(|seq| seq > mark) {
+            break;
+        }
+    }
+    let _ = stop.send(());
+    let mut alice = sender.await.unwrap();
+    alice.send(msg("echo", json!({"msg": "still open"}))).await;
+    while alice.recv().await["msg"] != "still open" {} // past bob's join event
+
     let conn = redis.client().await;
     eventually("presence rebuilt", || {
         let mut conn = conn.clone();

@@ -92,6 +92,8 @@ impl RedisPresence {
         ttl: Duration,
     ) -> Arc<RedisPresence> {
         let (ops, queue) = mpsc::unbounded_channel();
+        // Subscribed before the link can come up, so no connect is missed.
+        let connections = link.connections();
         let worker = Worker {
             link: Arc::clone(&link),
             names: names.clone(),
@@ -99,7 +101,7 @@ impl RedisPresence {
             ttl,
             local: HashMap::new(),
         };
-        tokio::spawn(worker.run(queue));
+        tokio::spawn(worker.run(queue, connections));
         Arc::new(RedisPresence { link, names, ops })
     }
 
@@ -178,8 +180,11 @@ struct Pending {
 }
 
 impl Worker {
-    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Op>) {
-        let mut connections = self.link.connections();
+    async fn run(
+        mut self,
+        mut queue: mpsc::UnboundedReceiver<Op>,
+        mut connections: tokio::sync::watch::Receiver<u64>,
+    ) {
         let mut refresh = tokio::time::interval(self.ttl / 3);
         let mut batch = Vec::with_capacity(256);
         loop {
