@@ -112,10 +112,7 @@ const INSTANCES: &str = "ws:presence:instances";
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(s: &str) -> VisionId {
-        VisionId::parse(s).unwrap()
-    }
+    use crate::protocol::id;
 
     #[test]
     fn names_follow_the_contract() {

@@ -236,6 +236,7 @@ mod tests {
     use super::*;
     use crate::broker::BoxFuture;
     use crate::config::Config;
+    use crate::protocol::id;
 
     /// The in-memory broker, recording what the router asked of it.
     struct Recording {
@@ -261,10 +262,6 @@ mod tests {
         fn is_ready(&self) -> bool {
             true
         }
-    }
-
-    fn id(s: &str) -> VisionId {
-        VisionId::parse(s).unwrap()
     }
 
     #[tokio::test]

@@ -140,10 +140,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(s: &str) -> VisionId {
-        VisionId::parse(s).unwrap()
-    }
+    use crate::protocol::id;
 
     fn msg() -> Encoded {
         Encoded::from_text("{}".into())

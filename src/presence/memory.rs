@@ -83,10 +83,7 @@ impl Presence for MemoryPresence {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(s: &str) -> VisionId {
-        VisionId::parse(s).unwrap()
-    }
+    use crate::protocol::id;
 
     #[test]
     fn a_client_is_online_while_any_of_its_sockets_is() {

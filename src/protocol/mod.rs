@@ -20,6 +20,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+#[cfg(test)]
+pub(crate) use vision_id::id;
 pub use vision_id::{VisionId, VisionIdError, MAX_LEN as VISION_ID_MAX_LEN};
 
 /// The only protocol version this hub speaks.

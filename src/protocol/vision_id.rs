@@ -82,6 +82,12 @@ impl serde::Serialize for VisionId {
     }
 }
 
+/// A Vision ID known to be valid, for tests.
+#[cfg(test)]
+pub(crate) fn id(s: &str) -> VisionId {
+    VisionId::parse(s).unwrap_or_else(|e| panic!("{s:?} {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
