@@ -6,6 +6,8 @@
 
 mod client;
 mod connect;
+mod fanout;
+mod stats;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,9 @@ enum Scenario {
     /// Open many idle sockets, hold them, and report connect rate and the
     /// hub's memory per socket.
     Connect(connect::Args),
+    /// Groups of subscribers, one publisher per group: deliveries/s,
+    /// latency, loss and order.
+    Fanout(fanout::Args),
 }
 
 #[tokio::main]
@@ -34,6 +39,7 @@ async fn main() -> ExitCode {
     aether_hub::fdlimit::raise();
     let result = match cli.scenario {
         Scenario::Connect(args) => connect::run(args).await,
+        Scenario::Fanout(args) => fanout::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,272 @@
+//! `fanout`: G groups × N subscribers, one publisher per group sending at a
+//! fixed rate (or as fast as a bounded in-flight window allows). Reports
+//! deliveries/s, latency percentiles, loss and order violations.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Target};
+use crate::stats::{self, Counters, Progress};
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Hub URL (repeatable; sockets are spread round-robin).
+    #[arg(long = "url", required = true)]
+    urls: Vec<Target>,
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
+    /// Subscribers per group.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Messages per second per publisher; 0 = as fast as the window allows.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// With --rate 0: messages a publisher may have ahead of its slowest
+    /// tracked subscriber.
+    #[arg(long, default_value_t = 64)]
+    window: u64,
+    /// Bytes of padding in each message's payload.
+    #[arg(long, default_value_t = 200)]
+    payload: usize,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of traffic before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Connects in flight while setting up.
+    #[arg(long, default_value_t = 100)]
+    parallel: usize,
+    /// Loopback source addresses to spread over.
+    #[arg(long, default_value_t = 4)]
+    sources: usize,
+}
+
+/// What one group's subscribers saw.
+struct GroupState {
+    /// Messages the publisher sent, and the highest seq each tracked
+    /// subscriber has (subscriber 0 paces the publisher).
+    sent: AtomicU64,
+    paced: AtomicU64,
+}
+
+struct Totals {
+    delivered: AtomicU64,
+    order_violations: AtomicU64,
+    latency: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+pub async fn run(args: Args) -> Result<(), String> {
+    let counters = Arc::new(Counters::default());
+    let totals = Arc::new(Totals {
+        delivered: AtomicU64::new(0),
+        order_violations: AtomicU64::new(0),
+        latency: Mutex::new(stats::histogram()),
+    });
+    let groups: Vec<Arc<GroupState>> = (0..args.groups)
+        .map(|_| {
+            Arc::new(GroupState {
+                sent: AtomicU64::new(0),
+                paced: AtomicU64::new(0),
+            })
+        })
+        .collect();
+
+    // Subscribers first, all connected before anyone publishes.
+    eprintln!("connecting {} subscribers", args.groups * args.subscribers);
+    let mut sockets = Vec::with_capacity(args.groups * args.subscribers);
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.parallel.max(1)));
+    let mut connecting = Vec::new();
+    for i in 0..args.groups * args.subscribers {
+        let (g, n) = (i % args.groups, i / args.groups);
+        let target = args.urls[i % args.urls.len()].clone();
+        let from = client::source(i, args.sources);
+        let permits = permits.clone();
+        connecting.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let path = format!("/v3/ws/group/fan-g{g}/client/sub-{g}-{n}");
+            client::connect(&target, from, &path).await.map(|ws| (g, n, ws))
+        }));
+    }
+    for c in connecting {
+        sockets.push(c.await.map_err(|e| e.to_string())??);
+    }
+
+    let measure_from = Arc::new(AtomicU64::new(u64::MAX));
+    let mut readers = Vec::new();
+    for (g, n, ws) in sockets {
+        let (group, totals, counters, from) = (
+            groups[g].clone(),
+            totals.clone(),
+            counters.clone(),
+            measure_from.clone(),
+        );
+        readers.push(tokio::spawn(subscribe(ws, n == 0, group, totals, counters, from)));
+    }
+
+    // Let presence join storms drain before publishing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _progress = Progress::start("fanout", counters.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut publishers = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        let target = args.urls[g % args.urls.len()].clone();
+        let path = format!("/v3/ws/group/fan-g{g}/client/pub-{g}");
+        let ws = client::connect(&target, client::source(g, args.sources), &path).await?;
+        publishers.push(tokio::spawn(publish(
+            ws,
+            args.clone(),
+            group.clone(),
+            counters.clone(),
+            stop.clone(),
+        )));
+    }
+
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    let start_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
+    let start_delivered = totals.delivered.load(Ordering::SeqCst);
+    measure_from.store(stats::now_ns(), Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let end_delivered = totals.delivered.load(Ordering::SeqCst);
+    let end_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
+    stop.cancel();
+    // Publishers stop at their next message; their sockets stay open until
+    // the tail is delivered.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Everything sent must arrive: wait for the tail, bounded.
+    let total_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
+    let expected_all = total_sent * args.subscribers as u64;
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while totals.delivered.load(Ordering::SeqCst) < expected_all
+        && tokio::time::Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for task in readers.iter().chain(&publishers) {
+        task.abort();
+    }
+    let delivered_all = totals.delivered.load(Ordering::SeqCst);
+    let loss = expected_all.saturating_sub(delivered_all);
+    let deliveries = end_delivered - start_delivered;
+    let published = end_sent - start_sent;
+    let latency = totals.latency.lock().await.clone();
+    let violations = totals.order_violations.load(Ordering::SeqCst);
+
+    println!(
+        "fanout: {} groups x {} subscribers, rate {}: {:.0} deliveries/s, {:.0} published/s",
+        args.groups,
+        args.subscribers,
+        if args.rate == 0 { "max".to_string() } else { args.rate.to_string() },
+        deliveries as f64 / seconds,
+        published as f64 / seconds
+    );
+    println!("latency: {}", stats::describe(&latency));
+    println!("loss: {loss} of {expected_all}; order violations: {violations}");
+    let summary = serde_json::json!({
+        "scenario": "fanout",
+        "groups": args.groups,
+        "subscribers": args.subscribers,
+        "rate": args.rate,
+        "payload_bytes": args.payload,
+        "seconds": seconds,
+        "deliveries_per_sec": deliveries as f64 / seconds,
+        "published_per_sec": published as f64 / seconds,
+        "latency": stats::percentiles(&latency),
+        "expected": expected_all,
+        "delivered": delivered_all,
+        "loss": loss,
+        "order_violations": violations,
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+async fn subscribe(
+    mut ws: client::Ws,
+    paces: bool,
+    group: Arc<GroupState>,
+    totals: Arc<Totals>,
+    counters: Arc<Counters>,
+    measure_from: Arc<AtomicU64>,
+) {
+    let mut latency = stats::histogram();
+    let mut next_seq = 0u64;
+    let mut flushed = std::time::Instant::now();
+    while let Some(Ok(frame)) = ws.next().await {
+        let Message::Text(text) = frame else { continue };
+        let (Some(seq), Some(sent)) = (
+            stats::field_u64(&text, "\"seq\""),
+            stats::field_u64(&text, "\"t\""),
+        ) else {
+            continue; // presence events
+        };
+        if seq != next_seq {
+            totals.order_violations.fetch_add(1, Ordering::Relaxed);
+        }
+        next_seq = seq + 1;
+        totals.delivered.fetch_add(1, Ordering::Relaxed);
+        counters.received.fetch_add(1, Ordering::Relaxed);
+        if paces {
+            group.paced.store(seq + 1, Ordering::Release);
+        }
+        if sent >= measure_from.load(Ordering::Relaxed) {
+            let _ = latency.record(stats::now_ns().saturating_sub(sent).max(1));
+        }
+        if flushed.elapsed() > Duration::from_millis(500) && !latency.is_empty() {
+            let _ = totals.latency.lock().await.add(&latency);
+            latency.reset();
+            flushed = std::time::Instant::now();
+        }
+    }
+}
+
+async fn publish(
+    mut ws: client::Ws,
+    args: Args,
+    group: Arc<GroupState>,
+    counters: Arc<Counters>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let pad = "x".repeat(args.payload);
+    let mut ticker = (args.rate > 0).then(|| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    let mut seq = 0u64;
+    while !stop.is_cancelled() {
+        match &mut ticker {
+            Some(t) => {
+                t.tick().await;
+            }
+            None => {
+                while seq >= group.paced.load(Ordering::Acquire) + args.window {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        let text = format!(
+            r#"{{"msg_type":"msg","target":"group","payload":{{"seq":{seq},"t":{},"pad":"{pad}"}}}}"#,
+            stats::now_ns()
+        );
+        if ws.send(Message::text(text)).await.is_err() {
+            return;
+        }
+        seq += 1;
+        group.sent.store(seq, Ordering::SeqCst);
+        counters.sent.fetch_add(1, Ordering::Relaxed);
+    }
+    // Keep the socket open until the tail is delivered; the caller aborts.
+    let _ = ws.flush().await;
+    std::future::pending::<()>().await;
+}
