@@ -83,3 +83,60 @@ fn the_load_tool_refuses_targets_off_loopback() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+async fn run_load(args: Vec<String>) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(LOAD)
+            .args(&args)
+            .output()
+            .expect("run aether-load")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    last_json(&out.stdout)
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn fanout_delivers_everything_in_order_and_counts_consistently() {
+    let hub = TestHub::start().await;
+    let args = format!(
+        "fanout --url ws://{} --groups 2 --subscribers 5 --rate 50 --duration 1 --warmup 0.2",
+        hub.addr
+    );
+    let report = run_load(words(&args)).await;
+    assert_eq!(report["scenario"], "fanout");
+    assert_eq!(report["loss"], 0);
+    assert_eq!(report["order_violations"], 0);
+    let expected = report["expected"].as_u64().unwrap();
+    assert!(expected > 0);
+    assert_eq!(report["delivered"].as_u64().unwrap(), expected);
+    // Every message reaches each of the 5 subscribers of its group.
+    assert_eq!(expected % 5, 0);
+    let latency = &report["latency"];
+    assert!(latency["p50_ms"].as_f64().unwrap() <= latency["p99_ms"].as_f64().unwrap());
+    assert!(latency["p99_ms"].as_f64().unwrap() <= latency["max_ms"].as_f64().unwrap());
+}
+
+#[tokio::test]
+async fn rtt_reports_round_trips_and_their_times() {
+    let hub = TestHub::start().await;
+    let args = format!(
+        "rtt --url ws://{} --pairs 3 --duration 0.5 --warmup 0.2",
+        hub.addr
+    );
+    let report = run_load(words(&args)).await;
+    assert_eq!(report["scenario"], "rtt");
+    let trips = report["round_trips"].as_u64().unwrap();
+    assert!(trips > 0);
+    assert!(report["rtt"]["samples"].as_u64().unwrap() <= trips + 3);
+    assert!(report["rtt"]["p50_ms"].as_f64().unwrap() > 0.0);
+}

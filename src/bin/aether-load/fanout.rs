@@ -90,7 +90,9 @@ pub async fn run(args: Args) -> Result<(), String> {
         connecting.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let path = format!("/v3/ws/group/fan-g{g}/client/sub-{g}-{n}");
-            client::connect(&target, from, &path).await.map(|ws| (g, n, ws))
+            client::connect(&target, from, &path)
+                .await
+                .map(|ws| (g, n, ws))
         }));
     }
     for c in connecting {
@@ -106,7 +108,14 @@ pub async fn run(args: Args) -> Result<(), String> {
             counters.clone(),
             measure_from.clone(),
         );
-        readers.push(tokio::spawn(subscribe(ws, n == 0, group, totals, counters, from)));
+        readers.push(tokio::spawn(subscribe(
+            ws,
+            n == 0,
+            group,
+            totals,
+            counters,
+            from,
+        )));
     }
 
     // Let presence join storms drain before publishing.
@@ -163,7 +172,11 @@ pub async fn run(args: Args) -> Result<(), String> {
         "fanout: {} groups x {} subscribers, rate {}: {:.0} deliveries/s, {:.0} published/s",
         args.groups,
         args.subscribers,
-        if args.rate == 0 { "max".to_string() } else { args.rate.to_string() },
+        if args.rate == 0 {
+            "max".to_string()
+        } else {
+            args.rate.to_string()
+        },
         deliveries as f64 / seconds,
         published as f64 / seconds
     );

@@ -7,6 +7,7 @@
 mod client;
 mod connect;
 mod fanout;
+mod rtt;
 mod stats;
 
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ enum Scenario {
     /// Groups of subscribers, one publisher per group: deliveries/s,
     /// latency, loss and order.
     Fanout(fanout::Args),
+    /// Pairs ping-ponging direct messages: round trips/s and RTT.
+    Rtt(rtt::Args),
 }
 
 #[tokio::main]
@@ -40,6 +43,7 @@ async fn main() -> ExitCode {
     let result = match cli.scenario {
         Scenario::Connect(args) => connect::run(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
+        Scenario::Rtt(args) => rtt::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,113 @@
+//! The bench floor: a bare fan-out server on the hub's own WebSocket stack
+//! (hyper's upgrade in a warp route, tokio-tungstenite with the hub's
+//! settings, a bounded queue per socket, batched writes) with no protocol,
+//! no routing table and no Redis: every text frame a socket sends is
+//! queued, unchanged and shared, to every other socket. Driven by
+//! `aether-load fanout --groups 1` in the same run as the hub, it is the
+//! ceiling the hub's fan-out is compared with.
+//!
+//! Usage: `fanout_floor 127.0.0.1:18300`
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
+use warp::reply::Reply;
+use warp::Filter;
+
+type Peers = Arc<RwLock<Vec<(u64, mpsc::Sender<Utf8Bytes>)>>>;
+
+#[tokio::main]
+async fn main() {
+    aether_hub::fdlimit::raise();
+    let addr: std::net::SocketAddr = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| ([127, 0, 0, 1], 18300).into());
+    let peers: Peers = Arc::default();
+    let next = Arc::new(AtomicU64::new(0));
+    let route = warp::header::headers_cloned()
+        .and(warp::ext::optional::<OnUpgrade>())
+        .map(move |headers: HeaderMap, on_upgrade: Option<OnUpgrade>| {
+            let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+            let (Some(key), Some(on_upgrade)) = (key, on_upgrade) else {
+                return warp::reply::with_status("not a WebSocket", StatusCode::BAD_REQUEST)
+                    .into_response();
+            };
+            let id = next.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = mpsc::channel(1024);
+            if let Ok(mut p) = peers.write() {
+                p.push((id, tx));
+            }
+            tokio::spawn(serve(on_upgrade, id, rx, peers.clone()));
+            let mut res = warp::reply().into_response();
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = res.headers_mut();
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+                h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+            }
+            res
+        });
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("fanout_floor: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    };
+    warp::serve(route).incoming(listener).run().await;
+}
+
+async fn serve(on_upgrade: OnUpgrade, id: u64, mut rx: mpsc::Receiver<Utf8Bytes>, peers: Peers) {
+    if let Ok(upgraded) = on_upgrade.await {
+        let config = WebSocketConfig::default()
+            .read_buffer_size(512)
+            .write_buffer_size(8 * 1024)
+            .max_write_buffer_size(256 * 1024);
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        loop {
+            tokio::select! {
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Ok(peers) = peers.read() {
+                            for (other, tx) in peers.iter() {
+                                if *other != id {
+                                    let _ = tx.try_send(text.clone());
+                                }
+                            }
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => break,
+                },
+                Some(first) = rx.recv() => {
+                    let batch = async {
+                        ws.feed(Message::Text(first)).await?;
+                        while let Ok(more) = rx.try_recv() {
+                            ws.feed(Message::Text(more)).await?;
+                        }
+                        ws.flush().await
+                    };
+                    if batch.await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(mut p) = peers.write() {
+        p.retain(|(other, _)| *other != id);
+    }
+}
