@@ -1,0 +1,97 @@
+//! Criterion benches of the hot paths: one message parsed, validated,
+//! normalised and encoded; one dispatch to 1, 100 and 10,000 local
+//! subscribers; channel-name building.
+//!
+//!     cargo bench --bench hot_paths
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use aether_hub::channels::{Names, Route};
+use aether_hub::outbox::Outbox;
+use aether_hub::protocol::{self, Encoded, Origin, VisionId};
+use aether_hub::router::{Router, SocketId};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+fn id(s: &str) -> VisionId {
+    VisionId::parse(s).expect("valid id")
+}
+
+fn frame() -> String {
+    let pad = "x".repeat(200);
+    format!(
+        r#"{{"msg_type":"cmd","target":"group","cmd":"start","payload":{{"seq":1,"pad":"{pad}"}}}}"#
+    )
+}
+
+fn parse_and_encode(c: &mut Criterion) {
+    let (group, client) = (id("group-1"), id("client-1"));
+    let text = frame();
+    c.bench_function("parse+validate+normalise+encode (200 B payload)", |b| {
+        b.iter(|| {
+            let origin = Origin::Socket {
+                group: &group,
+                client: &client,
+                allow_broadcast: true,
+            };
+            let msg = protocol::parse(black_box(&text), origin).expect("valid");
+            black_box(msg.encode())
+        })
+    });
+}
+
+fn dispatch(c: &mut Criterion) {
+    let mut bench = c.benchmark_group("router dispatch");
+    for subscribers in [1usize, 100, 10_000] {
+        let router = Router::new();
+        let route = Route::Group(id("g"));
+        let mut receivers = Vec::with_capacity(subscribers);
+        for n in 0..subscribers {
+            let (outbox, rx) = Outbox::new(1024);
+            let client = id(&format!("c{n}"));
+            router.join(
+                SocketId::next(),
+                &client,
+                &outbox,
+                std::slice::from_ref(&route),
+            );
+            receivers.push((outbox, rx));
+        }
+        let msg = Encoded::from_text(frame().into());
+        bench.bench_with_input(
+            BenchmarkId::from_parameter(subscribers),
+            &subscribers,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        let started = Instant::now();
+                        black_box(router.dispatch(&route, &msg, "sender"));
+                        spent += started.elapsed();
+                        // Empty the queues outside the measured time.
+                        for (_, rx) in receivers.iter_mut() {
+                            while rx.try_recv().is_ok() {}
+                        }
+                    }
+                    spent
+                })
+            },
+        );
+    }
+    bench.finish();
+}
+
+fn channel_names(c: &mut Criterion) {
+    let names = Names::new("staging:");
+    let route = Route::Group(id("group-with-a-longer-name-1234"));
+    c.bench_function("channel name", |b| {
+        b.iter(|| black_box(names.channel(black_box(&route))))
+    });
+    c.bench_function("route of channel name", |b| {
+        let channel = names.channel(&route);
+        b.iter(|| black_box(names.route(black_box(&channel))))
+    });
+}
+
+criterion_group!(hot_paths, parse_and_encode, dispatch, channel_names);
+criterion_main!(hot_paths);
