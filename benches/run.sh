@@ -4,7 +4,7 @@
 # Loopback only; every step is bounded in time. Prints one line per figure
 # and writes the raw JSON reports to target/bench-results/.
 #
-#   benches/run.sh            (about three minutes)
+#   benches/run.sh            (about two minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin aether-hub --bin aether-load --example fanout_floor
@@ -60,6 +60,12 @@ echo "== direct round trips, 100 pairs, in memory"
 hub 18321
 $load rtt --url ws://127.0.0.1:18321 --pairs 100 --duration 10 --warmup 2 2>/dev/null > "$out/rtt.json"
 report rtt "$out/rtt.json" '"%.0f round trips/s, p99 %.2f ms" % (d["round_trips_per_sec"], d["rtt"]["p99_ms"])'
+stop_all
+
+echo "== churn: 2,000 subscribers churning every 10-200 ms beside 1,000 stable ones, in memory"
+hub 18341
+$load churn --url ws://127.0.0.1:18341 --groups 10 --stable 1000 --churners 2000 --rate 20 --duration 10 2>/dev/null > "$out/churn.json"
+report churn "$out/churn.json" '"%.0f reconnects/s, stable lost %d of %d, stable p99 %.2f ms" % (d["reconnects_per_sec"], d["stable_loss"], d["stable_expected"], d["latency"]["p99_ms"])'
 stop_all
 
 echo "== connects and idle memory, 10,000 sockets, 100 in flight, in memory"

@@ -140,3 +140,20 @@ async fn rtt_reports_round_trips_and_their_times() {
     assert!(report["rtt"]["samples"].as_u64().unwrap() <= trips + 3);
     assert!(report["rtt"]["p50_ms"].as_f64().unwrap() > 0.0);
 }
+
+#[tokio::test]
+async fn churn_keeps_the_stable_set_whole() {
+    let hub = TestHub::start().await;
+    let args = format!(
+        "churn --url ws://{} --groups 2 --stable 6 --churners 6 --rate 40 --duration 1",
+        hub.addr
+    );
+    let report = run_load(words(&args)).await;
+    assert_eq!(report["scenario"], "churn");
+    assert!(report["reconnects_per_sec"].as_f64().unwrap() > 0.0);
+    let expected = report["stable_expected"].as_u64().unwrap();
+    assert!(expected > 0);
+    assert_eq!(report["stable_loss"], 0);
+    assert_eq!(report["stable_delivered"].as_u64().unwrap(), expected);
+    assert_eq!(report["order_violations"], 0);
+}

@@ -48,34 +48,52 @@ pub struct Args {
 }
 
 /// What one group's subscribers saw.
-struct GroupState {
+pub struct GroupState {
     /// Messages the publisher sent, and the highest seq each tracked
     /// subscriber has (subscriber 0 paces the publisher).
-    sent: AtomicU64,
-    paced: AtomicU64,
+    pub sent: AtomicU64,
+    pub paced: AtomicU64,
 }
 
-struct Totals {
-    delivered: AtomicU64,
-    order_violations: AtomicU64,
-    latency: Mutex<hdrhistogram::Histogram<u64>>,
+impl GroupState {
+    pub fn new() -> Arc<GroupState> {
+        Arc::new(GroupState {
+            sent: AtomicU64::new(0),
+            paced: AtomicU64::new(0),
+        })
+    }
+}
+
+/// What all subscribers saw together.
+pub struct Totals {
+    pub delivered: AtomicU64,
+    pub order_violations: AtomicU64,
+    pub latency: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Totals {
+    pub fn new() -> Arc<Totals> {
+        Arc::new(Totals {
+            delivered: AtomicU64::new(0),
+            order_violations: AtomicU64::new(0),
+            latency: Mutex::new(stats::histogram()),
+        })
+    }
+}
+
+/// How a publisher paces itself.
+#[derive(Clone, Copy)]
+pub struct Pace {
+    /// Messages per second; 0 = as fast as `window` allows.
+    pub rate: u64,
+    pub window: u64,
+    pub payload: usize,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
     let counters = Arc::new(Counters::default());
-    let totals = Arc::new(Totals {
-        delivered: AtomicU64::new(0),
-        order_violations: AtomicU64::new(0),
-        latency: Mutex::new(stats::histogram()),
-    });
-    let groups: Vec<Arc<GroupState>> = (0..args.groups)
-        .map(|_| {
-            Arc::new(GroupState {
-                sent: AtomicU64::new(0),
-                paced: AtomicU64::new(0),
-            })
-        })
-        .collect();
+    let totals = Totals::new();
+    let groups: Vec<Arc<GroupState>> = (0..args.groups).map(|_| GroupState::new()).collect();
 
     // Subscribers first, all connected before anyone publishes.
     eprintln!("connecting {} subscribers", args.groups * args.subscribers);
@@ -127,9 +145,14 @@ pub async fn run(args: Args) -> Result<(), String> {
         let target = args.urls[g % args.urls.len()].clone();
         let path = format!("/v3/ws/group/fan-g{g}/client/pub-{g}");
         let ws = client::connect(&target, client::source(g, args.sources), &path).await?;
+        let pace = Pace {
+            rate: args.rate,
+            window: args.window,
+            payload: args.payload,
+        };
         publishers.push(tokio::spawn(publish(
             ws,
-            args.clone(),
+            pace,
             group.clone(),
             counters.clone(),
             stop.clone(),
@@ -201,7 +224,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-async fn subscribe(
+pub async fn subscribe(
     mut ws: client::Ws,
     paces: bool,
     group: Arc<GroupState>,
@@ -240,9 +263,9 @@ async fn subscribe(
     }
 }
 
-async fn publish(
+pub async fn publish(
     mut ws: client::Ws,
-    args: Args,
+    args: Pace,
     group: Arc<GroupState>,
     counters: Arc<Counters>,
     stop: tokio_util::sync::CancellationToken,

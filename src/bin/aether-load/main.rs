@@ -4,6 +4,7 @@
 //!
 //! Scenarios live one per module; this file only parses the command line.
 
+mod churn;
 mod client;
 mod connect;
 mod fanout;
@@ -34,6 +35,9 @@ enum Scenario {
     Fanout(fanout::Args),
     /// Pairs ping-ponging direct messages: round trips/s and RTT.
     Rtt(rtt::Args),
+    /// Subscribers leaving and rejoining beside a stable set that must
+    /// lose nothing.
+    Churn(churn::Args),
 }
 
 #[tokio::main]
@@ -44,6 +48,7 @@ async fn main() -> ExitCode {
         Scenario::Connect(args) => connect::run(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
         Scenario::Rtt(args) => rtt::run(args).await,
+        Scenario::Churn(args) => churn::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
