@@ -126,7 +126,7 @@ pub async fn run(args: Args) -> Result<(), String> {
                 reconnects.fetch_add(1, Ordering::Relaxed);
                 let deadline = tokio::time::Instant::now() + stay;
                 while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, ws.next()).await {}
-                if seed % 2 == 0 {
+                if seed.is_multiple_of(2) {
                     let _ = ws.close(None).await;
                 } // else: dropped without a close handshake
             }
