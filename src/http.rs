@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use subtle::ConstantTimeEq;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use warp::reply::{Reply, Response};
 use warp::Filter;
@@ -26,6 +27,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::protocol::{self, Origin, VisionId};
 use crate::session;
+use crate::socket::Socket;
 
 /// The header a client may carry its API key in.
 pub const API_KEY_HEADER: &str = "x-aether-api-key";
@@ -222,8 +224,7 @@ impl Api {
             let mut member = member;
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
-                    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                    let ws = websocket(upgraded, config).await;
                     // The session gets a task of its own, built from owned
                     // parts: a future that also held this block's moved-from
                     // locals would cost every idle socket hundreds of bytes.
@@ -291,6 +292,31 @@ impl Api {
             .publish(&msg)
             .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
     }
+}
+
+/// The upgraded connection as a WebSocket. Under the hub's own server it is
+/// a plain TCP stream: unwrapped, it skips a layer of dynamic dispatch on
+/// every read and write, and gets `TCP_NODELAY` (messages are small and
+/// already batched; Nagle's algorithm would only add delay).
+async fn websocket(upgraded: Upgraded, config: WebSocketConfig) -> WebSocketStream<Socket> {
+    let socket = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            let _ = stream.set_nodelay(true);
+            return WebSocketStream::from_partially_read(
+                Socket::Tcp(stream),
+                parts.read_buf.to_vec(),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+        }
+        Err(upgraded) => {
+            tracing::debug!("upgraded connection is not a plain TCP stream");
+            Socket::Other(TokioIo::new(upgraded))
+        }
+    };
+    WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await
 }
 
 /// The `Sec-WebSocket-Key` of a well-formed upgrade request.

@@ -23,6 +23,7 @@ pub mod redis_link;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod socket;
 
 pub use config::Config;
 pub use server::Server;

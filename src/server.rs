@@ -8,8 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use warp::Filter;
 
 use crate::broker::RedisBroker;
@@ -39,6 +42,56 @@ pub struct Server {
     http: JoinHandle<()>,
     upkeep: JoinHandle<()>,
 }
+
+/// Accepts connections until `stop`, each served by hyper's HTTP/1.1 with
+/// upgrades. Our own loop rather than `warp::serve`: the upgraded
+/// connection is then the plain TCP stream (see `http::websocket`), every
+/// socket gets `TCP_NODELAY`, a client that sends its headers too slowly is
+/// cut off, and a client that hangs up mid-request is not logged as a
+/// server error.
+async fn accept_loop<S>(listener: TcpListener, service: S, stop: CancellationToken)
+where
+    S: hyper::service::Service<
+            ::http::Request<hyper::body::Incoming>,
+            Response = warp::reply::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: let some close.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("HTTP connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// In memory without a Redis URL; otherwise the Redis broker and presence.
 fn build_hub(config: &Config) -> Result<Arc<Hub>, StartError> {
@@ -76,13 +129,8 @@ impl Server {
             .routes()
             .recover(http::recover)
             .unify();
-        let stop = hub.shutdown_token().clone();
-        let http = tokio::spawn(
-            warp::serve(routes)
-                .incoming(listener)
-                .graceful(async move { stop.cancelled().await })
-                .run(),
-        );
+        let service = TowerToHyperService::new(warp::service(routes));
+        let http = tokio::spawn(accept_loop(listener, service, hub.shutdown_token().clone()));
         // Histograms are drained when rendered; keep them bounded between
         // scrapes.
         let upkeep = tokio::spawn(async move {
