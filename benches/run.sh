@@ -69,7 +69,13 @@ report churn "$out/churn.json" '"%.0f reconnects/s, stable lost %d of %d, stable
 stop_all
 
 echo "== connects and idle memory, 10,000 sockets, 100 in flight, in memory"
+# Each socket in its own group: the cost of a connect and of an idle socket.
 hub 18331
-$load connect --url ws://127.0.0.1:18331 --sockets 10000 --parallel 100 --server-pid "${pids[-1]}" --hold 1 2>/dev/null > "$out/connect.json"
-report connect "$out/connect.json" '"%.0f connects/s, %.2f KiB RSS per idle socket, %d failed" % (d["connects_per_sec"], d["hub_rss_per_socket_bytes"]/1024, d["failed"])'
+$load connect --url ws://127.0.0.1:18331 --sockets 10000 --groups 10000 --parallel 100 --server-pid "${pids[-1]}" --hold 1 2>/dev/null > "$out/connect.json"
+report connect-own-groups "$out/connect.json" '"%.0f connects/s, %.2f KiB RSS per idle socket, %d failed" % (d["connects_per_sec"], d["hub_rss_per_socket_bytes"]/1024, d["failed"])'
+stop_all
+# 100 groups of 100: every connect also announces a join to up to 99 sockets.
+hub 18332
+$load connect --url ws://127.0.0.1:18332 --sockets 10000 --groups 100 --parallel 100 --server-pid "${pids[-1]}" --hold 1 2>/dev/null > "$out/connect-groups.json"
+report connect-100-groups "$out/connect-groups.json" '"%.0f connects/s, %.2f KiB RSS per idle socket, %d failed" % (d["connects_per_sec"], d["hub_rss_per_socket_bytes"]/1024, d["failed"])'
 stop_all
