@@ -108,6 +108,8 @@ pub enum ConfigError {
     InstanceId(crate::protocol::VisionIdError),
     #[error("AETHER_REDIS_URL: must start with redis:// or rediss://")]
     RedisUrl,
+    #[error("AETHER_PRESENCE_TTL_SECS: must be at least 1 second")]
+    PresenceTtl,
 }
 
 impl Config {
@@ -152,6 +154,9 @@ impl Config {
         // An empty entry ("AETHER_API_KEYS=" or "a,,b") is no key at all.
         self.api_keys.retain(|k| !k.trim().is_empty());
         self.allowed_origins.retain(|o| !o.trim().is_empty());
+        if self.presence_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::PresenceTtl);
+        }
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(ConfigError::RedisUrl);
@@ -257,6 +262,7 @@ mod tests {
             (&["--rate-limit=-1"][..], "invalid"),
             (&["--instance-id", "a b"][..], "AETHER_INSTANCE_ID"),
             (&["--redis-url", "localhost"][..], "AETHER_REDIS_URL"),
+            (&["--presence-ttl", "0.5"][..], "AETHER_PRESENCE_TTL_SECS"),
             (&["--allow-client-broadcast", "maybe"][..], "invalid value"),
         ] {
             let err = parse(args).unwrap_err();
