@@ -24,6 +24,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod socket;
+pub mod wire;
 
 pub use config::Config;
 pub use server::Server;

@@ -3,8 +3,8 @@
 //!
 //! One task per socket. It waits on whichever comes first: a frame from the
 //! client, messages in its outbound queue, its ping tick, an overflow of its
-//! queue, or the hub's shutdown. Writes drain everything queued before
-//! flushing, so a burst costs few syscalls. Every ending is a
+//! queue, or the hub's shutdown. Writes drain everything queued into one
+//! batch (`wire.rs`), so a burst costs few syscalls. Every ending is a
 //! [`Disconnect`], turned into a close code in `close.rs`.
 
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use crate::metrics::{self, DropReason};
 use crate::outbox::Kick;
 use crate::protocol::{self, Encoded, FrameError, MsgType, Origin, Target};
 use crate::rate_limit::RateLimit;
+use crate::wire::Batch;
 
 /// How long the hub waits for the close handshake before dropping the TCP
 /// connection.
@@ -37,9 +38,9 @@ pub fn websocket_config(limits: &Limits) -> tungstenite::protocol::WebSocketConf
     let max = limits.max_message_bytes;
     tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        // Must exceed the write buffer plus one message, or tungstenite panics.
-        .max_write_buffer_size(WRITE_BUFFER + 2 * max + 64 * 1024)
+        // tungstenite only writes control frames (see `wire.rs`): at once.
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }
@@ -48,9 +49,6 @@ pub fn websocket_config(limits: &Limits) -> tungstenite::protocol::WebSocketConf
 /// mostly a few hundred bytes, and a larger frame grows the buffer for the
 /// time it takes to read it.
 const READ_BUFFER: usize = 512;
-/// Queued messages are gathered up to this size before a write syscall;
-/// `flush` writes the rest.
-const WRITE_BUFFER: usize = 8 * 1024;
 
 pub struct Session<S> {
     ws: WebSocketStream<S>,
@@ -59,6 +57,9 @@ pub struct Session<S> {
     rate: RateLimit,
     last_seen: Instant,
     last_ping: Instant,
+    /// A batch the socket has not taken whole yet (only ever set while a
+    /// write waits, or after a kick interrupted one).
+    unsent: Option<Batch>,
 }
 
 impl<S> Session<S>
@@ -74,6 +75,7 @@ where
             last_seen: now,
             last_ping: now,
             member,
+            unsent: None,
         }
     }
 
@@ -201,33 +203,48 @@ where
         }
         if now.duration_since(self.last_ping) >= self.limits().ping_interval {
             self.last_ping = now;
-            return self.send(WsMessage::Ping(Default::default())).await;
+            return self.send_control(WsMessage::Ping(Default::default())).await;
         }
         Ok(())
     }
 
-    /// Writes `first` and whatever else is queued, then flushes once.
+    /// Writes `first` and whatever else is queued, as one batch.
     async fn write(&mut self, first: Encoded) -> Result<(), Disconnect> {
-        self.send(WsMessage::Text(first.text())).await
+        let mut batch = Batch::default();
+        batch.push(first.as_str());
+        for _ in 0..MAX_BATCH {
+            match self.rx.try_recv() {
+                Ok(msg) => batch.push(msg.as_str()),
+                Err(_) => break,
+            }
+        }
+        self.unsent = Some(batch);
+        self.drain_unsent().await
     }
 
-    /// Sends `first` plus the queued messages. A client that stops reading
-    /// blocks the flush; its queue then overflows, or the hub shuts down,
-    /// and either ends the wait.
-    async fn send(&mut self, first: WsMessage) -> Result<(), Disconnect> {
-        let Session { ws, rx, member, .. } = self;
-        let batch = async {
-            ws.feed(first).await?;
-            for _ in 0..MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(msg) => ws.feed(WsMessage::Text(msg.text())).await?,
-                    Err(_) => break,
-                }
-            }
-            ws.flush().await
+    /// Writes the unsent batch. A client that stops reading blocks the
+    /// write; its queue then overflows, or the hub shuts down, and either
+    /// ends the wait (the batch stays, for `close`).
+    async fn drain_unsent(&mut self) -> Result<(), Disconnect> {
+        let Session {
+            ws, member, unsent, ..
+        } = self;
+        let drain = async {
+            // A pong tungstenite has part-written must end before our frames.
+            ws.flush().await.map_err(|_| Disconnect::Lost)?;
+            write_unsent(ws, unsent).await.map_err(|_| Disconnect::Lost)
         };
         tokio::select! {
-            written = batch => written.map_err(|_| Disconnect::Lost),
+            written = drain => written,
+            why = member.outbox().kicked() => Err(kicked(why)),
+        }
+    }
+
+    /// Sends a control frame through tungstenite (no batch is unsent here).
+    async fn send_control(&mut self, frame: WsMessage) -> Result<(), Disconnect> {
+        let Session { ws, member, .. } = self;
+        tokio::select! {
+            sent = ws.send(frame) => sent.map_err(|_| Disconnect::Lost),
             why = member.outbox().kicked() => Err(kicked(why)),
         }
     }
@@ -249,8 +266,13 @@ where
         if *end == Disconnect::Lost {
             return;
         }
-        let ws = &mut self.ws;
+        let Session { ws, unsent, .. } = self;
         let handshake = async {
+            // Whatever was half-sent goes first, so the close frame starts
+            // on a frame boundary.
+            if write_unsent(ws, unsent).await.is_err() {
+                return;
+            }
             let sent = match end.close_frame() {
                 Some(frame) => ws.close(Some(frame)).await,
                 None => ws.flush().await,
@@ -261,6 +283,21 @@ where
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
     }
+}
+
+/// Writes the unsent batch, if any, straight to the socket.
+async fn write_unsent<S>(
+    ws: &mut WebSocketStream<S>,
+    unsent: &mut Option<Batch>,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(batch) = unsent {
+        batch.write_to(ws.get_mut()).await?;
+        *unsent = None;
+    }
+    Ok(())
 }
 
 fn kicked(why: Kick) -> Disconnect {
