@@ -1,6 +1,7 @@
 //! The bench floor: a bare fan-out server on the hub's own WebSocket stack
-//! (hyper's upgrade in a warp route, tokio-tungstenite with the hub's
-//! settings, a bounded queue per socket, batched writes) with no protocol,
+//! (hyper's upgrade in a warp route, tokio-tungstenite reading with the
+//! hub's settings, a bounded queue per socket, batches written with the
+//! hub's `wire::Batch`) with no protocol,
 //! no routing table and no Redis: every text frame a socket sends is
 //! queued, unchanged and shared, to every other socket. Driven by
 //! `aether-load fanout --groups 1` in the same run as the hub, it is the
@@ -11,6 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use aether_hub::wire::Batch;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -72,8 +74,8 @@ async fn serve(on_upgrade: OnUpgrade, id: u64, mut rx: mpsc::Receiver<Utf8Bytes>
     if let Ok(upgraded) = on_upgrade.await {
         let config = WebSocketConfig::default()
             .read_buffer_size(512)
-            .write_buffer_size(8 * 1024)
-            .max_write_buffer_size(256 * 1024);
+            .write_buffer_size(0)
+            .max_write_buffer_size(64 * 1024);
         let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
@@ -93,14 +95,12 @@ async fn serve(on_upgrade: OnUpgrade, id: u64, mut rx: mpsc::Receiver<Utf8Bytes>
                     _ => break,
                 },
                 Some(first) = rx.recv() => {
-                    let batch = async {
-                        ws.feed(Message::Text(first)).await?;
-                        while let Ok(more) = rx.try_recv() {
-                            ws.feed(Message::Text(more)).await?;
-                        }
-                        ws.flush().await
-                    };
-                    if batch.await.is_err() {
+                    let mut batch = Batch::default();
+                    batch.push(first.as_str());
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more.as_str());
+                    }
+                    if ws.flush().await.is_err() || batch.write_to(ws.get_mut()).await.is_err() {
                         break;
                     }
                 }
