@@ -59,6 +59,7 @@ async fn connect_opens_holds_and_reports() {
     assert_eq!(report["failed"], 0);
     assert!(report["connects_per_sec"].as_f64().unwrap() > 0.0);
     assert!(report["hub_rss_after_kib"].as_u64().unwrap() > 0);
+    assert!(report["hub_idle_cpu_percent"].as_f64().unwrap() >= 0.0);
     // The tool closed its sockets when done: the hub sees every client go.
     let deadline = tokio::time::Instant::now() + support::TIMEOUT;
     loop {

@@ -99,7 +99,17 @@ pub async fn run(args: Args) -> Result<(), String> {
         (Some(b), Some(a)) if ok > 0 => Some((a.saturating_sub(b) as f64 * 1024.0) / ok as f64),
         _ => None,
     };
+    let cpu_before = args.server_pid.and_then(client::cpu_ticks);
+    let held = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    let cpu_after = args.server_pid.and_then(client::cpu_ticks);
+    let idle_cpu = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) => {
+            let busy = (a - b) as f64 / client::ticks_per_second();
+            Some(100.0 * busy / held.elapsed().as_secs_f64())
+        }
+        _ => None,
+    };
     stop.cancel();
     for h in holders {
         let _ = h.await;
@@ -113,6 +123,9 @@ pub async fn run(args: Args) -> Result<(), String> {
             p / 1024.0
         );
     }
+    if let Some(cpu) = idle_cpu {
+        println!("hub CPU while the sockets sat idle: {cpu:.2} % of one core");
+    }
     let summary = serde_json::json!({
         "scenario": "connect",
         "sockets": args.sockets,
@@ -123,6 +136,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         "hub_rss_before_kib": rss_before,
         "hub_rss_after_kib": rss_after,
         "hub_rss_per_socket_bytes": per_socket,
+        "hub_idle_cpu_percent": idle_cpu,
     });
     println!("{summary}");
     Ok(())
