@@ -57,7 +57,7 @@ fn dispatch(c: &mut Criterion) {
             );
             receivers.push((outbox, rx));
         }
-        let msg = Encoded::from_text(frame().into());
+        let msg = Encoded::from_text(frame());
         bench.bench_with_input(
             BenchmarkId::from_parameter(subscribers),
             &subscribers,

@@ -40,10 +40,6 @@ impl Batch {
         self.buf.extend_from_slice(text.as_bytes());
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
     /// Writes what is left. Cancel-safe: progress is recorded after every
     /// `write`, so an interrupted batch resumes where it stopped.
     pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> std::io::Result<()> {

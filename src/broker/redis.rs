@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, watch, Notify};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{BoxFuture, Broker, BrokerError};
 use crate::channels::{Names, Route};
@@ -382,7 +381,7 @@ async fn read_loop(mut stream: PubSubStream, router: Arc<Router>, names: Names) 
         let Some(route) = names.route(msg.get_channel_name()) else {
             continue;
         };
-        let Ok(text) = Utf8Bytes::try_from(msg.get_payload_bytes().to_vec()) else {
+        let Ok(text) = String::from_utf8(msg.get_payload_bytes().to_vec()) else {
             tracing::debug!(
                 channel = msg.get_channel_name(),
                 "dropped a non-UTF-8 message"
@@ -390,7 +389,7 @@ async fn read_loop(mut stream: PubSubStream, router: Arc<Router>, names: Names) 
             continue;
         };
         let sender = if route.skips_sender() {
-            sender_of(text.as_str())
+            sender_of(&text)
         } else {
             None
         };

@@ -18,11 +18,10 @@ use std::sync::Arc;
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 #[cfg(test)]
 pub(crate) use vision_id::id;
-pub use vision_id::{VisionId, VisionIdError, MAX_LEN as VISION_ID_MAX_LEN};
+pub use vision_id::{VisionId, VisionIdError};
 
 /// The only protocol version this hub speaks.
 pub const VERSION: &str = "3";
@@ -111,27 +110,22 @@ pub enum Origin<'a> {
 /// One pointer wide on purpose: every socket's outbound queue preallocates
 /// a block of slots, and an idle socket should not pay for fat ones.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Encoded(Arc<Utf8Bytes>);
+pub struct Encoded(Arc<str>);
 
 impl Encoded {
     /// Wraps text that arrived from elsewhere (a Redis channel) unchanged.
-    pub fn from_text(text: Utf8Bytes) -> Self {
-        Encoded(Arc::new(text))
+    pub fn from_text(text: String) -> Self {
+        Encoded(Arc::from(text))
     }
 
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-
-    /// The text to write to a socket (shares the bytes).
-    pub fn text(&self) -> Utf8Bytes {
-        Utf8Bytes::clone(&self.0)
+        &self.0
     }
 }
 
 impl fmt::Debug for Encoded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Encoded({})", self.0.as_str())
+        write!(f, "Encoded({})", &*self.0)
     }
 }
 
@@ -324,7 +318,7 @@ struct Outgoing<'a> {
 fn encode(out: &Outgoing<'_>) -> Encoded {
     // Serialising plain strings and raw JSON into a String cannot fail.
     let text = serde_json::to_string(out).unwrap_or_default();
-    Encoded::from_text(Utf8Bytes::from(text))
+    Encoded::from_text(text)
 }
 
 /// A message the hub itself writes (replies and presence events).
