@@ -17,11 +17,10 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
+use warp::http::{header, HeaderMap, StatusCode};
 use warp::reply::Reply;
 use warp::Filter;
 
@@ -50,15 +49,7 @@ async fn main() {
                 p.push((id, tx));
             }
             tokio::spawn(serve(on_upgrade, id, rx, peers.clone()));
-            let mut res = warp::reply().into_response();
-            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            let h = res.headers_mut();
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-                h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-            }
-            res
+            aether_hub::http::switching_protocols(&key)
         });
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,

@@ -349,7 +349,8 @@ fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, Refusal> {
         .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"))
 }
 
-fn switching_protocols(key: &HeaderValue) -> Response {
+/// The `101 Switching Protocols` answer to an upgrade request.
+pub fn switching_protocols(key: &HeaderValue) -> Response {
     let mut response = warp::reply().into_response();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();

@@ -19,41 +19,13 @@ fn last_json(stdout: &[u8]) -> serde_json::Value {
 #[tokio::test]
 async fn connect_opens_holds_and_reports() {
     let hub = TestHub::start().await;
-    let url = format!("ws://{}", hub.addr);
-    let pid = std::process::id().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(LOAD)
-            .args([
-                "connect",
-                "--url",
-                &url,
-                "--sockets",
-                "60",
-                "--parallel",
-                "8",
-            ])
-            .args([
-                "--groups",
-                "3",
-                "--sources",
-                "2",
-                "--hold",
-                "0.2",
-                "--settle",
-                "0.1",
-            ])
-            .args(["--server-pid", &pid])
-            .output()
-            .expect("run aether-load")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let args = format!(
+        "connect --url ws://{} --sockets 60 --parallel 8 --groups 3 --sources 2 \
+         --hold 0.2 --settle 0.1 --server-pid {}",
+        hub.addr,
+        std::process::id()
     );
-    let report = last_json(&out.stdout);
+    let report = run_load(words(&args)).await;
     assert_eq!(report["scenario"], "connect");
     assert_eq!(report["established"], 60);
     assert_eq!(report["failed"], 0);
