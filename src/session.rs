@@ -55,6 +55,7 @@ pub struct Session<S> {
     rx: mpsc::Receiver<Encoded>,
     member: Membership,
     rate: RateLimit,
+    opened: Instant,
     last_seen: Instant,
     last_ping: Instant,
     /// A batch the socket has not taken whole yet (only ever set while a
@@ -72,6 +73,7 @@ where
             ws,
             rx,
             rate: RateLimit::new(member.hub().limits().rate_limit, now),
+            opened: now,
             last_seen: now,
             last_ping: now,
             member,
@@ -98,6 +100,7 @@ where
             group = %self.member.group,
             client = %self.member.client,
             code = end.code(),
+            seconds = self.opened.elapsed().as_secs_f64(),
             "socket closed: {end}"
         );
         self.member.set_close_code(end.code());
