@@ -156,9 +156,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     for t in tasks.iter().chain(&publishers).chain(&churners) {
         t.abort();
     }
+    // Aborted readers flush their latency samples as they are dropped.
+    for t in tasks {
+        let _ = t.await;
+    }
     let delivered = totals.delivered.load(Ordering::SeqCst);
     let loss = expected.saturating_sub(delivered);
-    let latency = totals.latency.lock().await.clone();
+    let latency = totals.latency.snapshot();
     let violations = totals.order_violations.load(Ordering::SeqCst);
     println!(
         "churn: {} churners over {} groups: {:.0} reconnects/s ({} failed); {} published",

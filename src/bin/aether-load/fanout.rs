@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Target};
@@ -68,7 +67,7 @@ impl GroupState {
 pub struct Totals {
     pub delivered: AtomicU64,
     pub order_violations: AtomicU64,
-    pub latency: Mutex<hdrhistogram::Histogram<u64>>,
+    pub latency: stats::Latencies,
 }
 
 impl Totals {
@@ -76,7 +75,7 @@ impl Totals {
         Arc::new(Totals {
             delivered: AtomicU64::new(0),
             order_violations: AtomicU64::new(0),
-            latency: Mutex::new(stats::histogram()),
+            latency: stats::Latencies::new(),
         })
     }
 }
@@ -184,11 +183,15 @@ pub async fn run(args: Args) -> Result<(), String> {
     for task in readers.iter().chain(&publishers) {
         task.abort();
     }
+    // Aborted readers flush their latency samples as they are dropped.
+    for task in readers {
+        let _ = task.await;
+    }
     let delivered_all = totals.delivered.load(Ordering::SeqCst);
     let loss = expected_all.saturating_sub(delivered_all);
     let deliveries = end_delivered - start_delivered;
     let published = end_sent - start_sent;
-    let latency = totals.latency.lock().await.clone();
+    let latency = totals.latency.snapshot();
     let violations = totals.order_violations.load(Ordering::SeqCst);
 
     println!(
@@ -232,9 +235,8 @@ pub async fn subscribe(
     counters: Arc<Counters>,
     measure_from: Arc<AtomicU64>,
 ) {
-    let mut latency = stats::histogram();
+    let mut latency = totals.latency.recorder();
     let mut next_seq = 0u64;
-    let mut flushed = std::time::Instant::now();
     while let Some(Ok(frame)) = ws.next().await {
         let Message::Text(text) = frame else { continue };
         let (Some(seq), Some(sent)) = (
@@ -253,12 +255,7 @@ pub async fn subscribe(
             group.paced.store(seq + 1, Ordering::Release);
         }
         if sent >= measure_from.load(Ordering::Relaxed) {
-            let _ = latency.record(stats::now_ns().saturating_sub(sent).max(1));
-        }
-        if flushed.elapsed() > Duration::from_millis(500) && !latency.is_empty() {
-            let _ = totals.latency.lock().await.add(&latency);
-            latency.reset();
-            flushed = std::time::Instant::now();
+            latency.record(stats::now_ns().saturating_sub(sent));
         }
     }
 }

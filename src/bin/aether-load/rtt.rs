@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Target};
@@ -32,7 +31,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<(), String> {
     let counters = Arc::new(Counters::default());
-    let latency = Arc::new(Mutex::new(stats::histogram()));
+    let latency = stats::Latencies::new();
     let measure_from = Arc::new(AtomicU64::new(u64::MAX));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
@@ -49,7 +48,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             format!("rtt-b{p}"),
             "x".repeat(args.payload),
             counters.clone(),
-            latency.clone(),
+            latency.recorder(),
             measure_from.clone(),
             stop.clone(),
         )));
@@ -67,7 +66,10 @@ pub async fn run(args: Args) -> Result<(), String> {
     for t in &tasks {
         t.abort();
     }
-    let latency = latency.lock().await.clone();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let latency = latency.snapshot();
     println!(
         "rtt: {} pairs: {:.0} round trips/s",
         args.pairs,
@@ -107,12 +109,10 @@ async fn ping(
     to: String,
     pad: String,
     counters: Arc<Counters>,
-    latency: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+    mut latency: stats::Recorder,
     measure_from: Arc<AtomicU64>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut local = stats::histogram();
-    let mut flushed = std::time::Instant::now();
     while !stop.is_cancelled() {
         let sent = stats::now_ns();
         let text = format!(
@@ -137,13 +137,7 @@ async fn ping(
         }
         counters.received.fetch_add(1, Ordering::Relaxed);
         if sent >= measure_from.load(Ordering::Relaxed) {
-            let _ = local.record(stats::now_ns().saturating_sub(sent).max(1));
-        }
-        if flushed.elapsed() > Duration::from_millis(500) {
-            let _ = latency.lock().await.add(&local);
-            local.reset();
-            flushed = std::time::Instant::now();
+            latency.record(stats::now_ns().saturating_sub(sent));
         }
     }
-    let _ = latency.lock().await.add(&local);
 }

@@ -20,6 +20,62 @@ pub fn histogram() -> Histogram<u64> {
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!("valid bounds")))
 }
 
+/// One latency histogram shared by every task. Tasks record through their
+/// own [`Recorder`], which hands samples over in batches: thousands of
+/// sockets must not each carry a histogram nor fight over one lock.
+#[derive(Clone)]
+pub struct Latencies(Arc<std::sync::Mutex<Histogram<u64>>>);
+
+impl Latencies {
+    pub fn new() -> Latencies {
+        Latencies(Arc::new(std::sync::Mutex::new(histogram())))
+    }
+
+    pub fn recorder(&self) -> Recorder {
+        Recorder {
+            shared: self.clone(),
+            samples: Vec::new(),
+        }
+    }
+
+    /// Everything recorded so far (recorders flush when dropped).
+    pub fn snapshot(&self) -> Histogram<u64> {
+        self.0
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|_| histogram())
+    }
+}
+
+pub struct Recorder {
+    shared: Latencies,
+    samples: Vec<u64>,
+}
+
+impl Recorder {
+    /// Records one latency in nanoseconds.
+    pub fn record(&mut self, ns: u64) {
+        self.samples.push(ns.max(1));
+        if self.samples.len() >= 256 {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Ok(mut h) = self.shared.0.lock() {
+            for ns in self.samples.drain(..) {
+                let _ = h.record(ns);
+            }
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// `{p50, p90, p99, p999, max}` in milliseconds.
 pub fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
     let ms = |ns: u64| ns as f64 / 1e6;
