@@ -13,9 +13,25 @@ pub struct RedisServer {
     pub port: u16,
 }
 
+/// A port for a test Redis: below the ephemeral range (32768 and up), so
+/// no listener bound to port 0 elsewhere in the test run can take it while
+/// the test restarts its Redis, and never the same twice in one process.
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 500) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..1000 {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port < 32_000 && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port for a test Redis");
 }
 
 impl RedisServer {
