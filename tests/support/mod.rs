@@ -338,6 +338,29 @@ fn dechunk(mut rest: &str) -> String {
     out
 }
 
+/// A loopback port for a server a test starts as a separate process: below
+/// the ephemeral range (32768 and up), so no listener bound to port 0
+/// elsewhere in the test run can take it between our check and the
+/// server's bind (or while a test restarts that server), and never the same
+/// twice in one process.
+pub fn private_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 500) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..1000 {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port < 32_000 && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free private port");
+}
+
 /// Polls `check` until it holds, for at most [`TIMEOUT`].
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -1,7 +1,7 @@
 //! The real `aether-hub` binary as a child process, for what only a
 //! process can show: signals, exit codes, being killed.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,14 +29,9 @@ impl Drop for Running {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
 /// Starts the hub with `env` on a free port; returns once it is ready.
 pub async fn spawn_hub(env: &[(&str, &str)]) -> Running {
-    let addr = free_addr();
+    let addr = SocketAddr::from(([127, 0, 0, 1], super::private_port()));
     let child = Command::new(BIN)
         .env("AETHER_BIND", addr.to_string())
         .env("AETHER_SHUTDOWN_GRACE_SECS", "5")

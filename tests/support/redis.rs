@@ -2,7 +2,6 @@
 //! a client to look at it from outside. `scripts/test` installs Debian's
 //! redis-server when it is missing.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,32 +12,11 @@ pub struct RedisServer {
     pub port: u16,
 }
 
-/// A port for a test Redis: below the ephemeral range (32768 and up), so
-/// no listener bound to port 0 elsewhere in the test run can take it while
-/// the test restarts its Redis, and never the same twice in one process.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 500) as u16 * 20,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..1000 {
-        let port = NEXT.fetch_add(1, Ordering::SeqCst);
-        if port < 32_000 && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port for a test Redis");
-}
-
 impl RedisServer {
     pub fn start() -> RedisServer {
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port: super::private_port(),
         };
         server.spawn();
         server
