@@ -37,9 +37,14 @@ struct Subscriber {
     outbox: Arc<Outbox>,
 }
 
+/// Keys come from clients, so the hasher is seeded per process (foldhash),
+/// and fast: every dispatch hashes its route.
+type Hasher = foldhash::fast::RandomState;
+type Members = IndexMap<SocketId, Subscriber, Hasher>;
+
 #[derive(Default)]
 pub struct Router {
-    routes: DashMap<Route, IndexMap<SocketId, Subscriber>>,
+    routes: DashMap<Route, Members, Hasher>,
 }
 
 /// The outcome of one dispatch.
