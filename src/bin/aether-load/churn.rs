@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::client::{self, Target};
-use crate::fanout::{self, GroupState, Pace, Totals};
+use crate::client::Hubs;
+use crate::fanout::{self, GroupState, Outcome, Pace, Totals};
 use crate::stats::{self, Counters, Progress};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// Hub URL (repeatable; sockets are spread round-robin).
-    #[arg(long = "url", required = true)]
-    urls: Vec<Target>,
+    #[command(flatten)]
+    hubs: Hubs,
     #[arg(long, default_value_t = 10)]
     groups: usize,
     /// Subscribers that stay connected the whole run.
@@ -40,8 +39,6 @@ pub struct Args {
     duration: f64,
     #[arg(long, default_value_t = 100)]
     parallel: usize,
-    #[arg(long, default_value_t = 4)]
-    sources: usize,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
@@ -54,9 +51,8 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut tasks = Vec::new();
     for i in 0..args.stable {
         let g = i % args.groups;
-        let target = &args.urls[i % args.urls.len()];
         let path = format!("/v3/ws/group/churn-g{g}/client/stable-{i}");
-        let ws = client::connect(target, client::source(i, args.sources), &path).await?;
+        let ws = args.hubs.connect(i, &path).await?;
         tasks.push(tokio::spawn(fanout::subscribe(
             ws,
             false,
@@ -72,9 +68,8 @@ pub async fn run(args: Args) -> Result<(), String> {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut publishers = Vec::new();
     for (g, group) in groups.iter().enumerate() {
-        let target = &args.urls[g % args.urls.len()];
         let path = format!("/v3/ws/group/churn-g{g}/client/pub-{g}");
-        let ws = client::connect(target, client::source(g, args.sources), &path).await?;
+        let ws = args.hubs.connect(g, &path).await?;
         let pace = Pace {
             rate: args.rate,
             window: 0,
@@ -111,11 +106,10 @@ pub async fn run(args: Args) -> Result<(), String> {
                 let g = (seed as usize) % args.groups;
                 let span = args.max_stay_ms.saturating_sub(args.min_stay_ms).max(1);
                 let stay = Duration::from_millis(args.min_stay_ms + (seed >> 16) % span);
-                let target = &args.urls[(i + round as usize) % args.urls.len()];
                 let path = format!("/v3/ws/group/churn-g{g}/client/churn-{i}");
                 let connected = {
                     let _permit = permits.acquire().await;
-                    client::connect(target, client::source(i, args.sources), &path).await
+                    args.hubs.connect(i + round as usize, &path).await
                 };
                 round += 1;
                 let Ok(mut ws) = connected else {
@@ -147,23 +141,13 @@ pub async fn run(args: Args) -> Result<(), String> {
         .enumerate()
         .map(|(g, s)| s.sent.load(Ordering::SeqCst) * (per_group + u64::from((g as u64) < extra)))
         .sum();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while totals.delivered.load(Ordering::SeqCst) < expected
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for t in tasks.iter().chain(&publishers).chain(&churners) {
-        t.abort();
-    }
-    // Aborted readers flush their latency samples as they are dropped.
-    for t in tasks {
-        let _ = t.await;
-    }
-    let delivered = totals.delivered.load(Ordering::SeqCst);
-    let loss = expected.saturating_sub(delivered);
-    let latency = totals.latency.snapshot();
-    let violations = totals.order_violations.load(Ordering::SeqCst);
+    let others: Vec<_> = publishers.into_iter().chain(churners).collect();
+    let Outcome {
+        delivered,
+        loss,
+        order_violations: violations,
+        latency,
+    } = totals.settle(expected, tasks, &others).await;
     println!(
         "churn: {} churners over {} groups: {:.0} reconnects/s ({} failed); {} published",
         args.churners,

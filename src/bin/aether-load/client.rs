@@ -35,8 +35,29 @@ impl std::str::FromStr for Target {
     }
 }
 
+/// The hubs a scenario drives, and the loopback addresses it connects from.
+#[derive(clap::Args, Clone)]
+pub struct Hubs {
+    /// Hub URL (repeatable; sockets are spread round-robin over them).
+    #[arg(long = "url", required = true)]
+    urls: Vec<Target>,
+    /// Loopback source addresses to spread sockets over (127.0.0.1 ..), so
+    /// more than one port range of sockets fits.
+    #[arg(long, default_value_t = 4)]
+    sources: usize,
+}
+
+impl Hubs {
+    /// Connects socket number `i` to `path`: hubs and source addresses
+    /// taken round-robin.
+    pub async fn connect(&self, i: usize, path: &str) -> Result<Ws, String> {
+        let target = &self.urls[i % self.urls.len()];
+        connect(target, source(i, self.sources), path).await
+    }
+}
+
 /// The `i`-th of `n` loopback source addresses: 127.0.0.1, 127.0.0.2, ...
-pub fn source(i: usize, n: usize) -> IpAddr {
+fn source(i: usize, n: usize) -> IpAddr {
     let host = (i % n.max(1)) as u8 + 1;
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
 }
@@ -49,7 +70,7 @@ fn config() -> WebSocketConfig {
 }
 
 /// Connects one socket from `from` to `path` on `target`.
-pub async fn connect(target: &Target, from: IpAddr, path: &str) -> Result<Ws, String> {
+async fn connect(target: &Target, from: IpAddr, path: &str) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     socket
         .bind(SocketAddr::new(from, 0))

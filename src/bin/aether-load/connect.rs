@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
-use crate::client::{self, Target};
+use crate::client::{self, Hubs};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Hub URL (repeatable; sockets are spread round-robin).
-    #[arg(long = "url", required = true)]
-    urls: Vec<Target>,
+    #[command(flatten)]
+    hubs: Hubs,
     /// Sockets to open.
     #[arg(long, default_value_t = 10_000)]
     sockets: usize,
@@ -24,9 +23,6 @@ pub struct Args {
     /// Groups the sockets are spread over.
     #[arg(long, default_value_t = 100)]
     groups: usize,
-    /// Loopback source addresses to spread over (127.0.0.1 ..).
-    #[arg(long, default_value_t = 4)]
-    sources: usize,
     /// Seconds to hold the sockets once all are open.
     #[arg(long, default_value_t = 5.0)]
     hold: f64,
@@ -50,21 +46,21 @@ pub async fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.timeout);
 
+    let hubs = Arc::new(args.hubs.clone());
     let mut holders = Vec::with_capacity(args.sockets);
     for i in 0..args.sockets {
         let permit = tokio::time::timeout_at(deadline.into(), permits.clone().acquire_owned())
             .await
             .map_err(|_| "timed out opening sockets".to_string())?
             .map_err(|e| e.to_string())?;
-        let target = args.urls[i % args.urls.len()].clone();
-        let from = client::source(i, args.sources);
+        let hubs = hubs.clone();
         let path = format!(
             "/v3/ws/group/load-g{}/client/load-c{i}",
             i % args.groups.max(1)
         );
         let (ok, bad, stop) = (established.clone(), failed.clone(), stop.clone());
         holders.push(tokio::spawn(async move {
-            let ws = client::connect(&target, from, &path).await;
+            let ws = hubs.connect(i, &path).await;
             match ws {
                 Ok(ws) => {
                     ok.fetch_add(1, Ordering::Relaxed);

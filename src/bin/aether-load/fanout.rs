@@ -9,14 +9,13 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Target};
+use crate::client::{self, Hubs};
 use crate::stats::{self, Counters, Progress};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// Hub URL (repeatable; sockets are spread round-robin).
-    #[arg(long = "url", required = true)]
-    urls: Vec<Target>,
+    #[command(flatten)]
+    hubs: Hubs,
     #[arg(long, default_value_t = 1)]
     groups: usize,
     /// Subscribers per group.
@@ -41,9 +40,6 @@ pub struct Args {
     /// Connects in flight while setting up.
     #[arg(long, default_value_t = 100)]
     parallel: usize,
-    /// Loopback source addresses to spread over.
-    #[arg(long, default_value_t = 4)]
-    sources: usize,
 }
 
 /// What one group's subscribers saw.
@@ -80,6 +76,46 @@ impl Totals {
     }
 }
 
+/// What the subscribers saw in the end.
+pub struct Outcome {
+    pub delivered: u64,
+    pub loss: u64,
+    pub order_violations: u64,
+    pub latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Totals {
+    /// Waits (at most 10 s) for `expected` deliveries, stops the readers
+    /// and every other task, and tells what arrived.
+    pub async fn settle(
+        &self,
+        expected: u64,
+        readers: Vec<tokio::task::JoinHandle<()>>,
+        others: &[tokio::task::JoinHandle<()>],
+    ) -> Outcome {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.delivered.load(Ordering::SeqCst) < expected
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for task in readers.iter().chain(others) {
+            task.abort();
+        }
+        // Aborted readers flush their latency samples as they are dropped.
+        for task in readers {
+            let _ = task.await;
+        }
+        let delivered = self.delivered.load(Ordering::SeqCst);
+        Outcome {
+            delivered,
+            loss: expected.saturating_sub(delivered),
+            order_violations: self.order_violations.load(Ordering::SeqCst),
+            latency: self.latency.snapshot(),
+        }
+    }
+}
+
 /// How a publisher paces itself.
 #[derive(Clone, Copy)]
 pub struct Pace {
@@ -99,17 +135,14 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut sockets = Vec::with_capacity(args.groups * args.subscribers);
     let permits = Arc::new(tokio::sync::Semaphore::new(args.parallel.max(1)));
     let mut connecting = Vec::new();
+    let hubs = Arc::new(args.hubs.clone());
     for i in 0..args.groups * args.subscribers {
         let (g, n) = (i % args.groups, i / args.groups);
-        let target = args.urls[i % args.urls.len()].clone();
-        let from = client::source(i, args.sources);
-        let permits = permits.clone();
+        let (hubs, permits) = (hubs.clone(), permits.clone());
         connecting.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let path = format!("/v3/ws/group/fan-g{g}/client/sub-{g}-{n}");
-            client::connect(&target, from, &path)
-                .await
-                .map(|ws| (g, n, ws))
+            hubs.connect(i, &path).await.map(|ws| (g, n, ws))
         }));
     }
     for c in connecting {
@@ -141,9 +174,8 @@ pub async fn run(args: Args) -> Result<(), String> {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut publishers = Vec::new();
     for (g, group) in groups.iter().enumerate() {
-        let target = args.urls[g % args.urls.len()].clone();
         let path = format!("/v3/ws/group/fan-g{g}/client/pub-{g}");
-        let ws = client::connect(&target, client::source(g, args.sources), &path).await?;
+        let ws = args.hubs.connect(g, &path).await?;
         let pace = Pace {
             rate: args.rate,
             window: args.window,
@@ -174,25 +206,14 @@ pub async fn run(args: Args) -> Result<(), String> {
     // Everything sent must arrive: wait for the tail, bounded.
     let total_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
     let expected_all = total_sent * args.subscribers as u64;
-    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while totals.delivered.load(Ordering::SeqCst) < expected_all
-        && tokio::time::Instant::now() < drain_deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for task in readers.iter().chain(&publishers) {
-        task.abort();
-    }
-    // Aborted readers flush their latency samples as they are dropped.
-    for task in readers {
-        let _ = task.await;
-    }
-    let delivered_all = totals.delivered.load(Ordering::SeqCst);
-    let loss = expected_all.saturating_sub(delivered_all);
+    let Outcome {
+        delivered: delivered_all,
+        loss,
+        order_violations: violations,
+        latency,
+    } = totals.settle(expected_all, readers, &publishers).await;
     let deliveries = end_delivered - start_delivered;
     let published = end_sent - start_sent;
-    let latency = totals.latency.snapshot();
-    let violations = totals.order_violations.load(Ordering::SeqCst);
 
     println!(
         "fanout: {} groups x {} subscribers, rate {}: {:.0} deliveries/s, {:.0} published/s",

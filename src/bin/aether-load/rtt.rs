@@ -8,14 +8,13 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Target};
+use crate::client::{self, Hubs};
 use crate::stats::{self, Counters, Progress};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// Hub URL (repeatable; the two ends of a pair go to different ones).
-    #[arg(long = "url", required = true)]
-    urls: Vec<Target>,
+    #[command(flatten)]
+    hubs: Hubs,
     #[arg(long, default_value_t = 100)]
     pairs: usize,
     /// Bytes of padding in each message's payload.
@@ -25,8 +24,6 @@ pub struct Args {
     duration: f64,
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    #[arg(long, default_value_t = 4)]
-    sources: usize,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
@@ -36,12 +33,12 @@ pub async fn run(args: Args) -> Result<(), String> {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
     for p in 0..args.pairs {
-        let url = |k: usize| args.urls[(2 * p + k) % args.urls.len()].clone();
         let group = format!("rtt-g{p}");
         let a_path = format!("/v3/ws/group/{group}/client/rtt-a{p}");
         let b_path = format!("/v3/ws/group/{group}/client/rtt-b{p}");
-        let b = client::connect(&url(1), client::source(2 * p + 1, args.sources), &b_path).await?;
-        let a = client::connect(&url(0), client::source(2 * p, args.sources), &a_path).await?;
+        // The two ends of a pair go to different hubs when there are two.
+        let b = args.hubs.connect(2 * p + 1, &b_path).await?;
+        let a = args.hubs.connect(2 * p, &a_path).await?;
         tasks.push(tokio::spawn(echo_back(b, format!("rtt-a{p}"))));
         tasks.push(tokio::spawn(ping(
             a,
