@@ -51,13 +51,10 @@ async fn main() {
             tokio::spawn(serve(on_upgrade, id, rx, peers.clone()));
             aether_hub::http::switching_protocols(&key)
         });
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("fanout_floor: cannot listen on {addr}: {e}");
-            std::process::exit(1);
-        }
-    };
+    let listener = aether_hub::server::listen(addr).await.unwrap_or_else(|e| {
+        eprintln!("fanout_floor: {e}");
+        std::process::exit(1);
+    });
     warp::serve(route).incoming(listener).run().await;
 }
 

@@ -22,12 +22,9 @@ async fn main() {
                 |mut socket| async move { while let Some(Ok(_)) = socket.next().await {} },
             )
         });
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("warp_ws_baseline: cannot listen on {addr}: {e}");
-            std::process::exit(1);
-        }
-    };
+    let listener = aether_hub::server::listen(addr).await.unwrap_or_else(|e| {
+        eprintln!("warp_ws_baseline: {e}");
+        std::process::exit(1);
+    });
     warp::serve(route).incoming(listener).run().await;
 }

@@ -96,7 +96,7 @@ mod tests {
     use super::*;
 
     fn msg() -> Encoded {
-        Encoded::from_text("{}".into())
+        Encoded::from_text("{}")
     }
 
     #[tokio::test]

@@ -148,7 +148,7 @@ mod tests {
     use crate::protocol::id;
 
     fn msg() -> Encoded {
-        Encoded::from_text("{}".into())
+        Encoded::from_text("{}")
     }
 
     #[test]

@@ -90,6 +90,13 @@ where
     }
 }
 
+/// Binds `addr`, with an error that names it.
+pub async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -115,12 +122,7 @@ impl Server {
         if config.api_keys.is_empty() {
             tracing::warn!("no API keys configured: every upgrade is accepted (development mode)");
         }
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.bind,
-                source,
-            })?;
+        let listener = listen(config.bind).await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.bind,
             source,

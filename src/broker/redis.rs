@@ -381,7 +381,7 @@ async fn read_loop(mut stream: PubSubStream, router: Arc<Router>, names: Names) 
         let Some(route) = names.route(msg.get_channel_name()) else {
             continue;
         };
-        let Ok(text) = String::from_utf8(msg.get_payload_bytes().to_vec()) else {
+        let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else {
             tracing::debug!(
                 channel = msg.get_channel_name(),
                 "dropped a non-UTF-8 message"
@@ -389,7 +389,7 @@ async fn read_loop(mut stream: PubSubStream, router: Arc<Router>, names: Names) 
             continue;
         };
         let sender = if route.skips_sender() {
-            sender_of(&text)
+            sender_of(text)
         } else {
             None
         };

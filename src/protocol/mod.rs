@@ -114,8 +114,8 @@ pub struct Encoded(Arc<str>);
 
 impl Encoded {
     /// Wraps text that arrived from elsewhere (a Redis channel) unchanged.
-    pub fn from_text(text: String) -> Self {
-        Encoded(Arc::from(text))
+    pub fn from_text(text: impl Into<Arc<str>>) -> Self {
+        Encoded(text.into())
     }
 
     pub fn as_str(&self) -> &str {
