@@ -89,6 +89,17 @@ pub struct Config {
     /// Log filter (tracing syntax: `info`, `warn`, `aether_hub=debug`, ...).
     #[arg(long, env = "AETHER_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log line format: `text` for people, `json` (one object a line) for
+    /// log collectors.
+    #[arg(long, env = "AETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// What a session needs to know of the configuration.

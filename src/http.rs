@@ -59,13 +59,26 @@ impl Refusal {
 
     /// Plain text, for WebSocket clients (PROTOCOL.md section 1).
     fn text(self) -> Response {
+        self.log();
         warp::reply::with_status(self.reason, self.status).into_response()
     }
 
     /// A JSON error body, for the HTTP API.
     fn json(self) -> Response {
+        self.log();
         let body = serde_json::json!({ "error": self.reason });
         warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+
+    /// A client's mistake is theirs to see (debug); the hub failing to
+    /// serve is an operator's concern (warn). Reasons never quote a key.
+    fn log(&self) {
+        let status = self.status.as_u16();
+        if self.status.is_server_error() {
+            tracing::warn!(status, "request refused: {}", self.reason);
+        } else {
+            tracing::debug!(status, "request refused: {}", self.reason);
+        }
     }
 }
 
@@ -224,6 +237,7 @@ impl Api {
             let mut member = member;
             match on_upgrade.await {
                 Ok(upgraded) => {
+                    tracing::debug!(group = %member.group, client = %member.client, "socket opened");
                     let ws = websocket(upgraded, config).await;
                     // The session gets a task of its own, built from owned
                     // parts: a future that also held this block's moved-from

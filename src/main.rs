@@ -1,8 +1,10 @@
 //! The `aether-hub` binary: read the configuration, start the server, and
 //! shut down gracefully on SIGTERM or SIGINT.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use aether_hub::config::LogFormat;
 use aether_hub::{Config, Server};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
@@ -16,14 +18,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = match EnvFilter::try_new(&config.log) {
-        Ok(filter) => filter,
-        Err(e) => {
-            eprintln!("aether-hub: AETHER_LOG {:?}: {e}", config.log);
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if let Err(e) = init_logging(&config) {
+        eprintln!("aether-hub: {e}");
+        return ExitCode::from(2);
+    }
     if let Some(limit) = aether_hub::fdlimit::raise() {
         tracing::debug!(limit, "open-file limit raised");
     }
@@ -47,6 +45,22 @@ async fn main() -> ExitCode {
         tracing::warn!("grace period over with sockets still open");
     }
     ExitCode::SUCCESS
+}
+
+/// Logs go to stderr, as text or as one JSON object a line.
+fn init_logging(config: &Config) -> Result<(), String> {
+    let filter =
+        EnvFilter::try_new(&config.log).map_err(|e| format!("AETHER_LOG {:?}: {e}", config.log))?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

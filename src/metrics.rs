@@ -27,6 +27,7 @@ pub const REDIS_RECEIVED: &str = "aether_redis_messages_received_total";
 pub const REDIS_CHANNELS: &str = "aether_redis_channels_subscribed";
 pub const REDIS_RECONNECTS: &str = "aether_redis_reconnects_total";
 pub const REDIS_UP: &str = "aether_redis_up";
+pub const PUBSUB_LAG_SECONDS: &str = "aether_pubsub_lag_seconds";
 
 /// Why a message did not reach a socket (`reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,9 @@ struct Handles {
     fanout: Histogram,
     redis_publishes: Counter,
     redis_received: Counter,
+    rate_limited: Counter,
     broker_unavailable: Counter,
+    pubsub_lag: Histogram,
 }
 
 static HANDLES: OnceLock<Handles> = OnceLock::new();
@@ -68,6 +71,12 @@ static EXPORTER: OnceLock<PrometheusHandle> = OnceLock::new();
 const LATENCY_BUCKETS: &[f64] = &[
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
     5e-2, 0.1, 0.25, 0.5, 1.0,
+];
+/// Pub/sub lag crosses the network twice and includes clock skew between
+/// hosts: it starts at tens of microseconds and may reach seconds.
+const LAG_BUCKETS: &[f64] = &[
+    2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 const FANOUT_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
@@ -81,6 +90,9 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(DISPATCH_SECONDS.into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(PUBSUB_LAG_SECONDS.into()), LAG_BUCKETS)
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(FANOUT_SIZE.into()), FANOUT_BUCKETS)
                 });
@@ -106,19 +118,22 @@ impl Handles {
                 |t| counter!(FRAMES_RECEIVED, "msg_type" => m.as_str(), "target" => t.as_str()),
             )
         });
+        // Every drop reason is registered up front, so a dashboard shows a
+        // zero rate rather than "no data" until the first drop.
+        let dropped = |reason: DropReason| counter!(MESSAGES_DROPPED, "reason" => reason.label());
         Handles {
             open: gauge!(CONNECTIONS_OPEN),
             opened: counter!(CONNECTIONS_OPENED),
             delivered: counter!(MESSAGES_DELIVERED),
-            slow_consumer: counter!(MESSAGES_DROPPED, "reason" => DropReason::SlowConsumer.label()),
+            slow_consumer: dropped(DropReason::SlowConsumer),
+            rate_limited: dropped(DropReason::RateLimited),
+            broker_unavailable: dropped(DropReason::BrokerUnavailable),
             frames,
             dispatch: histogram!(DISPATCH_SECONDS),
             fanout: histogram!(FANOUT_SIZE),
             redis_publishes: counter!(REDIS_PUBLISHES),
             redis_received: counter!(REDIS_RECEIVED),
-            broker_unavailable: counter!(
-                MESSAGES_DROPPED, "reason" => DropReason::BrokerUnavailable.label()
-            ),
+            pubsub_lag: histogram!(PUBSUB_LAG_SECONDS),
         }
     }
 }
@@ -154,6 +169,11 @@ fn describe() {
         "Times the Redis connection was lost and rebuilt"
     );
     describe_gauge!(REDIS_UP, "1 while Redis is connected and answering probes");
+    describe_histogram!(
+        PUBSUB_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from a message's sent_at to its arrival from Redis pub/sub"
+    );
 }
 
 pub fn connection_opened() {
@@ -182,8 +202,8 @@ pub fn dropped(reason: DropReason, count: u64) {
     if let Some(h) = HANDLES.get() {
         match reason {
             DropReason::SlowConsumer => h.slow_consumer.increment(count),
+            DropReason::RateLimited => h.rate_limited.increment(count),
             DropReason::BrokerUnavailable => h.broker_unavailable.increment(count),
-            other => counter!(MESSAGES_DROPPED, "reason" => other.label()).increment(count),
         }
     }
 }
@@ -208,6 +228,15 @@ pub fn redis_published(count: u64) {
 pub fn redis_received() {
     if let Some(h) = HANDLES.get() {
         h.redis_received.increment(1);
+    }
+}
+
+/// `lag` is how long ago the message received from Redis was sent, by
+/// its `sent_at`; a negative lag (clock skew) counts as zero.
+pub fn pubsub_lag(lag: chrono::TimeDelta) {
+    if let Some(h) = HANDLES.get() {
+        let seconds = lag.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+        h.pubsub_lag.record(seconds.max(0.0));
     }
 }
 

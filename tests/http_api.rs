@@ -91,6 +91,10 @@ async fn health_readiness_and_metrics() {
         "aether_messages_delivered_total",
         "aether_dispatch_seconds_bucket",
         "aether_fanout_size_bucket",
+        // Every drop reason is there before the first drop.
+        "aether_messages_dropped_total{reason=\"slow_consumer\"} 0",
+        "aether_messages_dropped_total{reason=\"rate_limited\"} 0",
+        "aether_messages_dropped_total{reason=\"broker_unavailable\"} 0",
     ] {
         assert!(metrics.body.contains(name), "{name} missing from /metrics");
     }

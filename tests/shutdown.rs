@@ -50,6 +50,7 @@ fn invalid_configuration_stops_start_up_with_a_message() {
             "AETHER_MAX_MESSAGE_BYTES",
         ),
         ("AETHER_LOG", "[[[", "AETHER_LOG"),
+        ("AETHER_LOG_FORMAT", "xml", "AETHER_LOG_FORMAT"),
     ] {
         let out = Command::new(BIN)
             .env(var, value)
@@ -89,6 +90,7 @@ fn help_lists_every_setting() {
         "AETHER_INSTANCE_ID",
         "AETHER_SHUTDOWN_GRACE_SECS",
         "AETHER_LOG",
+        "AETHER_LOG_FORMAT",
     ] {
         assert!(help.contains(var), "{var} missing from --help");
     }

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::{BoxFuture, Broker, BrokerError};
 use crate::channels::{Names, Route};
 use crate::metrics::{self, DropReason};
-use crate::protocol::Encoded;
+use crate::protocol::{self, Encoded};
 use crate::redis_link::{RedisLink, TIMEOUT};
 use crate::router::Router;
 
@@ -388,6 +388,9 @@ async fn read_loop(mut stream: PubSubStream, router: Arc<Router>, names: Names) 
             );
             continue;
         };
+        if let Some(sent) = protocol::sent_at_of(text) {
+            metrics::pubsub_lag(chrono::Utc::now().fixed_offset() - sent);
+        }
         let sender = if route.skips_sender() {
             sender_of(text)
         } else {

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
@@ -389,6 +389,15 @@ pub fn presence_event(event: PresenceEvent, group: &VisionId, client: &VisionId)
         Some(group.as_str()),
         payload,
     )
+}
+
+/// When an encoded message was sent, by its `sent_at`. The hub writes that
+/// field last, so it is found from the end without parsing the payload.
+pub fn sent_at_of(text: &str) -> Option<DateTime<FixedOffset>> {
+    const FIELD: &str = "\"sent_at\":\"";
+    let start = text.rfind(FIELD)? + FIELD.len();
+    let len = text[start..].find('"')?;
+    DateTime::parse_from_rfc3339(&text[start..start + len]).ok()
 }
 
 /// The current UTC time as the hub writes it in `sent_at` and `server_time`.

@@ -294,3 +294,33 @@ fn hub_messages_have_the_contract_shape() {
         serde_json::json!({"event": "leave", "client_id": "alice"})
     );
 }
+
+#[test]
+fn the_send_time_is_read_back_from_an_encoded_message() {
+    // A payload that mentions sent_at itself must not be mistaken for it.
+    let text = r#"{"msg_type":"msg","target":"group","group_id":"g1","payload":{"sent_at":"2001-01-01T00:00:00Z"},"sent_at":"2026-11-25T10:00:00.5+01:00"}"#;
+    let (group, client) = ids();
+    let origin = Origin::Socket {
+        group: &group,
+        client: &client,
+        allow_broadcast: true,
+    };
+    let encoded = parse(text, origin).unwrap().encode();
+    let sent = sent_at_of(encoded.as_str()).unwrap();
+    assert_eq!(sent.to_rfc3339(), "2026-11-25T10:00:00.500+01:00");
+
+    // The hub's own time, written when a client leaves it out.
+    let hub_filled = parse(r#"{"msg_type":"msg","target":"echo"}"#, origin)
+        .unwrap()
+        .encode();
+    let age = Utc::now().fixed_offset() - sent_at_of(hub_filled.as_str()).unwrap();
+    assert!(age >= chrono::TimeDelta::zero() && age < chrono::TimeDelta::seconds(60));
+
+    for not_ours in [
+        r#"{"a":1}"#,
+        r#"{"sent_at":"yesterday"}"#,
+        r#"{"sent_at":"2026"#,
+    ] {
+        assert_eq!(sent_at_of(not_ours), None, "{not_ours}");
+    }
+}

@@ -31,6 +31,15 @@ impl Drop for Running {
 
 /// Starts the hub with `env` on a free port; returns once it is ready.
 pub async fn spawn_hub(env: &[(&str, &str)]) -> Running {
+    spawn(env, Stdio::null()).await
+}
+
+/// Like [`spawn_hub`], with the hub's stderr (its logs) piped to the test.
+pub async fn spawn_hub_with_logs(env: &[(&str, &str)]) -> Running {
+    spawn(env, Stdio::piped()).await
+}
+
+async fn spawn(env: &[(&str, &str)], stderr: Stdio) -> Running {
     let addr = SocketAddr::from(([127, 0, 0, 1], super::private_port()));
     let child = Command::new(BIN)
         .env("AETHER_BIND", addr.to_string())
@@ -38,7 +47,7 @@ pub async fn spawn_hub(env: &[(&str, &str)]) -> Running {
         .env("AETHER_LOG", "warn")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start aether-hub");
     let running = Running { child, addr };
