@@ -240,6 +240,14 @@ pub fn pubsub_lag(lag: chrono::TimeDelta) {
     }
 }
 
+/// The Redis series start at "down, nothing subscribed, no reconnects", so
+/// a hub that never reaches Redis shows as down rather than as no data.
+pub fn redis_link_created() {
+    redis_up(false);
+    redis_channels(0);
+    counter!(REDIS_RECONNECTS).absolute(0);
+}
+
 pub fn redis_channels(count: usize) {
     gauge!(REDIS_CHANNELS).set(count as f64);
 }

@@ -35,6 +35,7 @@ pub struct UrlError(redis::RedisError);
 impl RedisLink {
     pub fn new(url: &str) -> Result<RedisLink, UrlError> {
         let client = Client::open(url).map_err(UrlError)?;
+        metrics::redis_link_created();
         Ok(RedisLink {
             client,
             command: RwLock::new(None),

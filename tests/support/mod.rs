@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod prometheus;
 pub mod raw;
 pub mod redis;
 
