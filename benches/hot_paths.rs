@@ -1,6 +1,8 @@
 //! Criterion benches of the hot paths: one message parsed, validated,
 //! normalised and encoded; one dispatch to 1, 100 and 10,000 local
-//! subscribers; channel-name building.
+//! subscribers, without and then with the Prometheus recorder installed
+//! (the cost of the metrics); reading a received message's send time for
+//! the pub/sub lag histogram; channel-name building.
 //!
 //!     cargo bench --bench hot_paths
 
@@ -41,7 +43,33 @@ fn parse_and_encode(c: &mut Criterion) {
 }
 
 fn dispatch(c: &mut Criterion) {
-    let mut bench = c.benchmark_group("router dispatch");
+    dispatch_to(c, "router dispatch");
+}
+
+/// Last of all: once installed, the recorder stays for the process.
+fn with_metrics(c: &mut Criterion) {
+    aether_hub::metrics::install();
+    dispatch_to(c, "router dispatch, metrics recorded");
+    let received = {
+        let (group, client) = (id("group-1"), id("client-1"));
+        let origin = Origin::Socket {
+            group: &group,
+            client: &client,
+            allow_broadcast: true,
+        };
+        protocol::parse(&frame(), origin).expect("valid").encode()
+    };
+    c.bench_function("pub/sub lag: read sent_at and record", |b| {
+        b.iter(|| {
+            if let Some(sent) = protocol::sent_at_of(black_box(received.as_str())) {
+                aether_hub::metrics::pubsub_lag(sent);
+            }
+        })
+    });
+}
+
+fn dispatch_to(c: &mut Criterion, name: &str) {
+    let mut bench = c.benchmark_group(name);
     for subscribers in [1usize, 100, 10_000] {
         let router = Router::new();
         let route = Route::Group(id("g"));
@@ -93,5 +121,11 @@ fn channel_names(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_paths, parse_and_encode, dispatch, channel_names);
+criterion_group!(
+    hot_paths,
+    parse_and_encode,
+    dispatch,
+    channel_names,
+    with_metrics
+);
 criterion_main!(hot_paths);

@@ -231,10 +231,11 @@ pub fn redis_received() {
     }
 }
 
-/// `lag` is how long ago the message received from Redis was sent, by
-/// its `sent_at`; a negative lag (clock skew) counts as zero.
-pub fn pubsub_lag(lag: chrono::TimeDelta) {
+/// A message sent at `sent` (its `sent_at`) arrived from Redis now; a
+/// negative lag (clock skew) counts as zero.
+pub fn pubsub_lag(sent: chrono::DateTime<chrono::FixedOffset>) {
     if let Some(h) = HANDLES.get() {
+        let lag = chrono::Utc::now().fixed_offset() - sent;
         let seconds = lag.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
         h.pubsub_lag.record(seconds.max(0.0));
     }

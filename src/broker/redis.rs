@@ -389,7 +389,7 @@ async fn read_loop(mut stream: PubSubStream, router: Arc<Router>, names: Names) 
             continue;
         };
         if let Some(sent) = protocol::sent_at_of(text) {
-            metrics::pubsub_lag(chrono::Utc::now().fixed_offset() - sent);
+            metrics::pubsub_lag(sent);
         }
         let sender = if route.skips_sender() {
             sender_of(text)

@@ -74,6 +74,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             rate: args.rate,
             window: 0,
             payload: args.payload,
+            phase: g as f64 / args.groups as f64,
         };
         publishers.push(tokio::spawn(fanout::publish(
             ws,

@@ -123,6 +123,11 @@ pub struct Pace {
     pub rate: u64,
     pub window: u64,
     pub payload: usize,
+    /// Where in the first period this publisher starts (0 to 1). Spread
+    /// evenly over the publishers: independent publishers at the same
+    /// rate do not fire in lockstep, and a load that bursts every period
+    /// measures the burst, not the hub's latency.
+    pub phase: f64,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
@@ -180,6 +185,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             rate: args.rate,
             window: args.window,
             payload: args.payload,
+            phase: g as f64 / args.groups as f64,
         };
         publishers.push(tokio::spawn(publish(
             ws,
@@ -290,7 +296,9 @@ pub async fn publish(
 ) {
     let pad = "x".repeat(args.payload);
     let mut ticker = (args.rate > 0).then(|| {
-        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+        let period = Duration::from_secs_f64(1.0 / args.rate as f64);
+        let first = tokio::time::Instant::now() + period.mul_f64(args.phase);
+        let mut t = tokio::time::interval_at(first, period);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         t
     });
