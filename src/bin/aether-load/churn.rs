@@ -52,7 +52,8 @@ pub async fn run(args: Args) -> Result<(), String> {
     for i in 0..args.stable {
         let g = i % args.groups;
         let path = format!("/v3/ws/group/churn-g{g}/client/stable-{i}");
-        let ws = args.hubs.connect(i, &path).await?;
+        // A group's stable subscribers alternate over the hubs.
+        let ws = args.hubs.connect(g + i / args.groups, &path).await?;
         tasks.push(tokio::spawn(fanout::subscribe(
             ws,
             false,

@@ -147,7 +147,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         connecting.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let path = format!("/v3/ws/group/fan-g{g}/client/sub-{g}-{n}");
-            hubs.connect(i, &path).await.map(|ws| (g, n, ws))
+            // A group's subscribers alternate over the hubs (not i, which
+            // would put a whole group on one hub when the group count is
+            // even): with two hubs every message crosses between them.
+            hubs.connect(g + n, &path).await.map(|ws| (g, n, ws))
         }));
     }
     for c in connecting {
