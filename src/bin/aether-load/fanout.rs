@@ -28,15 +28,8 @@ pub struct Args {
     /// tracked subscriber.
     #[arg(long, default_value_t = 64)]
     window: u64,
-    /// Bytes of padding in each message's payload.
-    #[arg(long, default_value_t = 200)]
-    payload: usize,
-    /// Seconds of measurement.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Seconds of traffic before measuring.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
+    #[command(flatten)]
+    measure: stats::Measure,
     /// Connects in flight while setting up.
     #[arg(long, default_value_t = 100)]
     parallel: usize,
@@ -187,7 +180,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         let pace = Pace {
             rate: args.rate,
             window: args.window,
-            payload: args.payload,
+            payload: args.measure.payload,
             phase: g as f64 / args.groups as f64,
         };
         publishers.push(tokio::spawn(publish(
@@ -199,12 +192,12 @@ pub async fn run(args: Args) -> Result<(), String> {
         )));
     }
 
-    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    tokio::time::sleep(args.measure.warmup()).await;
     let start_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
     let start_delivered = totals.delivered.load(Ordering::SeqCst);
     measure_from.store(stats::now_ns(), Ordering::SeqCst);
     let started = std::time::Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    tokio::time::sleep(args.measure.duration()).await;
     let seconds = started.elapsed().as_secs_f64();
     let end_delivered = totals.delivered.load(Ordering::SeqCst);
     let end_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
@@ -243,7 +236,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         "groups": args.groups,
         "subscribers": args.subscribers,
         "rate": args.rate,
-        "payload_bytes": args.payload,
+        "payload_bytes": args.measure.payload,
         "seconds": seconds,
         "deliveries_per_sec": deliveries as f64 / seconds,
         "published_per_sec": published as f64 / seconds,

@@ -17,13 +17,8 @@ pub struct Args {
     hubs: Hubs,
     #[arg(long, default_value_t = 100)]
     pairs: usize,
-    /// Bytes of padding in each message's payload.
-    #[arg(long, default_value_t = 200)]
-    payload: usize,
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
+    #[command(flatten)]
+    measure: stats::Measure,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
@@ -43,7 +38,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         tasks.push(tokio::spawn(ping(
             a,
             format!("rtt-b{p}"),
-            "x".repeat(args.payload),
+            "x".repeat(args.measure.payload),
             counters.clone(),
             latency.recorder(),
             measure_from.clone(),
@@ -51,11 +46,11 @@ pub async fn run(args: Args) -> Result<(), String> {
         )));
     }
     let _progress = Progress::start("rtt", counters.clone());
-    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    tokio::time::sleep(args.measure.warmup()).await;
     let start = counters.received.load(Ordering::SeqCst);
     measure_from.store(stats::now_ns(), Ordering::SeqCst);
     let started = std::time::Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    tokio::time::sleep(args.measure.duration()).await;
     let seconds = started.elapsed().as_secs_f64();
     let trips = counters.received.load(Ordering::SeqCst) - start;
     stop.cancel();

@@ -161,3 +161,28 @@ mod tests {
         assert_eq!(super::field_u64(text, "\"nope\""), None);
     }
 }
+
+/// Message size and measuring window, shared by the scenarios that measure
+/// a steady flow after a warm-up.
+#[derive(clap::Args, Clone)]
+pub struct Measure {
+    /// Bytes of padding in each message's payload.
+    #[arg(long, default_value_t = 200)]
+    pub payload: usize,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of traffic before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+}
+
+impl Measure {
+    pub fn warmup(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.warmup)
+    }
+
+    pub fn duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.duration)
+    }
+}
