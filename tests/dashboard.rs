@@ -1,6 +1,9 @@
 //! The Grafana dashboard works: a real Prometheus scrapes two hubs in Redis
 //! mode while a small driver keeps them busy, and every panel's PromQL,
-//! evaluated through Prometheus's HTTP API, returns data.
+//! evaluated through Prometheus's HTTP API, returns data. The same
+//! Prometheus evaluates the alerting rules of `deploy/alerts.yml`: all
+//! healthy, none firing on healthy hubs. (`deploy/alerts.test.yml` shows
+//! each alert firing, with `promtool test rules`.)
 
 mod support;
 
@@ -15,6 +18,7 @@ use support::redis::RedisServer;
 use support::{msg, Client};
 
 const DASHBOARD: &str = include_str!("../grafana/dashboards/aether-hub.json");
+const ALERTS: &str = include_str!("../deploy/alerts.yml");
 
 /// Every query target of every panel, rows included: (panel title, expr).
 fn panel_queries(dashboard: &Value) -> Vec<(String, String)> {
@@ -143,7 +147,8 @@ async fn every_panel_query_returns_data_from_real_prometheus() {
     let a = spawn_hub(&[("AETHER_REDIS_URL", &url), ("AETHER_INSTANCE_ID", "hub-a")]).await;
     let b = spawn_hub(&[("AETHER_REDIS_URL", &url), ("AETHER_INSTANCE_ID", "hub-b")]).await;
     let targets: [SocketAddr; 2] = [a.addr, b.addr];
-    let prometheus = Prometheus::start(&targets).await;
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/alerts.yml");
+    let prometheus = Prometheus::start(&targets, &[&rules]).await;
     let _driver = Driver::start(&a, &b).await;
     prometheus.wait_for_scrapes(2, 5).await;
 
@@ -180,6 +185,13 @@ async fn every_panel_query_returns_data_from_real_prometheus() {
         .expect("query");
     assert_eq!(per_instance.len(), 2, "deliveries on both hubs");
     assert!(prometheus.scalar("sum(aether_redis_up)").await == 2.0);
+
+    let rules = prometheus.rules().await;
+    assert!(rules.len() >= 7, "alerting rules loaded: {rules:?}");
+    for rule in &rules {
+        assert_eq!(rule["health"], "ok", "{rule}");
+        assert_eq!(rule["state"], "inactive", "fires on healthy hubs: {rule}");
+    }
 }
 
 /// The dashboard shows every metric the hub exports, so nothing an SRE
@@ -215,7 +227,34 @@ async fn every_exported_metric_is_on_the_dashboard() {
         .filter_map(|l| l.split(' ').nth(2))
         .collect();
     assert!(exported.len() >= 14, "{exported:?}");
-    for name in exported {
+    for name in &exported {
         assert!(DASHBOARD.contains(name), "{name} is not on the dashboard");
     }
+    // And the other way: no panel or alert names a metric the hub does
+    // not export (a typo would show "no data", or never fire).
+    for (file, text) in [("dashboard", DASHBOARD), ("alerts.yml", ALERTS)] {
+        for name in metric_names(text) {
+            assert!(
+                exported.contains(name.as_str()),
+                "{file}: {name} is not exported"
+            );
+        }
+    }
+}
+
+/// The `aether_*` metric families a PromQL text names.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (start, _) in text.match_indices("aether_") {
+        let name: String = text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        names.insert(family.to_owned());
+    }
+    names
 }

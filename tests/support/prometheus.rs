@@ -15,14 +15,17 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts scraping `targets` (`/metrics` of each) and returns once the
-    /// server answers.
-    pub async fn start(targets: &[SocketAddr]) -> Prometheus {
+    /// Starts scraping `targets` (`/metrics` of each) and evaluating the
+    /// rule files `rules`; returns once the server answers.
+    pub async fn start(targets: &[SocketAddr], rules: &[&std::path::Path]) -> Prometheus {
         let dir = TempDir::new("prometheus");
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let rules: Vec<String> = rules.iter().map(|r| format!("'{}'", r.display())).collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n\
+             rule_files: [{}]\n\
              scrape_configs:\n  - job_name: aether-hub\n    static_configs:\n      - targets: [{}]\n",
+            rules.join(", "),
             targets.join(", ")
         );
         let config_file = dir.0.join("prometheus.yml");
@@ -70,6 +73,19 @@ impl Prometheus {
             Some(series) => Ok(series.clone()),
             None => Err(format!("not a vector: {}", body["data"])),
         }
+    }
+
+    /// Every rule group's rules, as `/api/v1/rules` reports them (name,
+    /// health, state, last error).
+    pub async fn rules(&self) -> Vec<Value> {
+        let response = super::http_request(self.addr, "GET", "/api/v1/rules", &[], "").await;
+        let body: Value = serde_json::from_str(&response.body).expect("rules are JSON");
+        body["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect()
     }
 
     /// The single number an aggregate query returns (0 when it returns
