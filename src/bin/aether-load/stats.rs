@@ -151,17 +151,6 @@ pub fn field_u64(text: &str, key: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn fields_are_read_in_place() {
-        let text = r#"{"payload":{"seq":42,"t":1234567,"pad":"x"},"from_id":"p"}"#;
-        assert_eq!(super::field_u64(text, "\"seq\""), Some(42));
-        assert_eq!(super::field_u64(text, "\"t\""), Some(1234567));
-        assert_eq!(super::field_u64(text, "\"nope\""), None);
-    }
-}
-
 /// Message size and measuring window, shared by the scenarios that measure
 /// a steady flow after a warm-up.
 #[derive(clap::Args, Clone)]
@@ -184,5 +173,16 @@ impl Measure {
 
     pub fn duration(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.duration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fields_are_read_in_place() {
+        let text = r#"{"payload":{"seq":42,"t":1234567,"pad":"x"},"from_id":"p"}"#;
+        assert_eq!(super::field_u64(text, "\"seq\""), Some(42));
+        assert_eq!(super::field_u64(text, "\"t\""), Some(1234567));
+        assert_eq!(super::field_u64(text, "\"nope\""), None);
     }
 }
