@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, watch, Notify};
@@ -146,30 +147,57 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Publishes queued messages in order, as few pipelines as possible.
+/// Publishes queued messages in order, as few pipelines as possible, with
+/// up to [`PIPELINES_IN_FLIGHT`] of them awaiting Redis's answer at once:
+/// a message queued while a pipeline is on its way goes out at once rather
+/// than a round trip later. Order holds because each pipeline is handed to
+/// the one command connection before the next one is built.
 async fn publish_loop(link: Arc<RedisLink>, mut queue: mpsc::Receiver<(String, Encoded)>) {
+    let mut in_flight = FuturesOrdered::new();
     let mut batch = Vec::with_capacity(256);
-    while queue.recv_many(&mut batch, 256).await > 0 {
-        let count = batch.len() as u64;
-        let sent = match link.command() {
-            Some(mut conn) => {
-                let mut pipe = redis::pipe();
-                for (channel, msg) in &batch {
-                    pipe.cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(msg.as_str().as_bytes())
-                        .ignore();
-                }
-                pipe.query_async::<()>(&mut conn).await.is_ok()
+    loop {
+        tokio::select! {
+            biased;
+            Some((count, sent)) = in_flight.next(), if !in_flight.is_empty() => {
+                count_published(count, sent);
             }
-            None => false,
-        };
-        if sent {
-            metrics::redis_published(count);
-        } else {
-            metrics::dropped(DropReason::BrokerUnavailable, count);
+            taken = queue.recv_many(&mut batch, 256), if in_flight.len() < PIPELINES_IN_FLIGHT => {
+                if taken == 0 {
+                    break;
+                }
+                let count = batch.len() as u64;
+                match link.command() {
+                    Some(conn) => in_flight.push_back(send_pipeline(conn, &batch, count)),
+                    None => count_published(count, false),
+                }
+                batch.clear();
+            }
         }
-        batch.clear();
+    }
+}
+
+const PIPELINES_IN_FLIGHT: usize = 16;
+
+fn send_pipeline(
+    mut conn: MultiplexedConnection,
+    batch: &[(String, Encoded)],
+    count: u64,
+) -> impl std::future::Future<Output = (u64, bool)> {
+    let mut pipe = redis::pipe();
+    for (channel, msg) in batch {
+        pipe.cmd("PUBLISH")
+            .arg(channel)
+            .arg(msg.as_str().as_bytes())
+            .ignore();
+    }
+    async move { (count, pipe.query_async::<()>(&mut conn).await.is_ok()) }
+}
+
+fn count_published(count: u64, sent: bool) {
+    if sent {
+        metrics::redis_published(count);
+    } else {
+        metrics::dropped(DropReason::BrokerUnavailable, count);
     }
 }
 
