@@ -232,6 +232,7 @@ impl Drop for Membership {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::time::Duration;
 
     use super::*;
     use crate::broker::BoxFuture;
@@ -304,6 +305,42 @@ mod tests {
                 ("unsubscribe", g),
                 ("unsubscribe", Route::Broadcast),
             ]
+        );
+    }
+
+    /// A bug that panics inside a session ends that session's task only:
+    /// tokio catches the panic, the socket's membership leaves on unwind
+    /// (routes and presence, with its leave announced), and the hub goes
+    /// on serving everyone else.
+    #[tokio::test]
+    async fn a_panicking_session_leaves_and_the_hub_goes_on() {
+        let hub = Hub::in_memory(Config::for_tests().limits());
+        let (alice, _alice_rx) = hub.connect(id("g"), id("alice")).await.unwrap();
+        let (_bob, mut bob_rx) = hub.connect(id("g"), id("bob")).await.unwrap();
+        let crashed = tokio::spawn(async move {
+            let _alice = alice;
+            panic!("a bug in a session");
+        });
+        assert!(crashed.await.unwrap_err().is_panic());
+
+        let leave = tokio::time::timeout(Duration::from_secs(5), bob_rx.recv())
+            .await
+            .expect("bob hears of it")
+            .expect("bob's queue is open");
+        let payload = |m: Encoded| {
+            serde_json::from_str::<serde_json::Value>(m.as_str()).unwrap()["payload"].clone()
+        };
+        assert_eq!(
+            payload(leave),
+            serde_json::json!({"event": "leave", "client_id": "alice"})
+        );
+        assert_eq!(hub.members(&id("g")).await.unwrap(), ["bob"]);
+
+        let (_carol, _carol_rx) = hub.connect(id("g"), id("carol")).await.unwrap();
+        let join = bob_rx.recv().await.expect("bob's queue is open");
+        assert_eq!(
+            payload(join),
+            serde_json::json!({"event": "join", "client_id": "carol"})
         );
     }
 }
