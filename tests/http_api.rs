@@ -224,3 +224,36 @@ async fn publish_refuses_bad_input_with_json_errors() {
         413
     );
 }
+
+/// A client that never finishes its request headers (slowloris) is cut off
+/// by the 10 s header timeout; one that is merely slow is served.
+#[tokio::test]
+async fn unfinished_request_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = TestHub::start().await;
+    let head = "GET /healthz HTTP/1.1\r\nHost: hub\r\n";
+
+    let mut stalled = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    stalled.write_all(head.as_bytes()).await.unwrap();
+
+    let mut slow = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    slow.write_all(b"Connection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stalled.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "a stalled request is still open after 20 s");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        !text.contains("200 OK"),
+        "the stalled request was served: {text}"
+    );
+}
