@@ -47,10 +47,8 @@ impl Topology {
         let nginx = loopback(private_port());
         let hubs = [loopback(private_port()), loopback(private_port())];
         let redis = private_port();
-        let log = File::create(dir.join("run.log")).expect("run.log");
-        let child = Command::new("bash")
-            .arg(Path::new(REPO).join("deploy/local/run"))
-            .env("AETHER_HUB_BIN", support::process::BIN)
+        let mut run = script("deploy/local/run");
+        run.env("AETHER_HUB_BIN", support::process::BIN)
             .env("AETHER_LOCAL_NGINX_PORT", nginx.port().to_string())
             .env("AETHER_LOCAL_HUB1_PORT", hubs[0].port().to_string())
             .env("AETHER_LOCAL_HUB2_PORT", hubs[1].port().to_string())
@@ -59,13 +57,8 @@ impl Topology {
             .env("AETHER_LOCAL_WAIT_SECS", "20")
             .env("AETHER_API_KEYS", KEY)
             .env("AETHER_SHUTDOWN_GRACE_SECS", "3")
-            .env("AETHER_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("start deploy/local/run");
+            .env("AETHER_LOG", "warn");
+        let child = spawn_logged(run, &dir.join("run.log"));
         Topology {
             child,
             exited: None,
@@ -275,20 +268,32 @@ async fn local_topology_routes_across_hubs_through_nginx() {
     }
 }
 
+/// `bash` running one of the repository's scripts.
+fn script(path: &str) -> Command {
+    let mut command = Command::new("bash");
+    command.arg(Path::new(REPO).join(path));
+    command
+}
+
+/// Starts `command` in a process group of its own (so that stopping it
+/// stops everything it started), its output going to `log`.
+fn spawn_logged(mut command: Command, log: &Path) -> Child {
+    let file = File::create(log).expect("log file");
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log handle"))
+        .stderr(file)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"))
+}
+
 #[test]
 fn deploy_validate_passes() {
     let dir = std::env::temp_dir().join(format!("aether-deploy-validate-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("test directory");
     let log_path = dir.join("validate.log");
-    let log = File::create(&log_path).expect("validate.log");
-    let mut child = Command::new("bash")
-        .arg(Path::new(REPO).join("deploy/validate"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log handle"))
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("start deploy/validate");
+    let mut child = spawn_logged(script("deploy/validate"), &log_path);
     // The first run installs its Python packages; later runs take seconds.
     let deadline = Instant::now() + Duration::from_secs(600);
     let status = loop {
