@@ -67,24 +67,14 @@ pub async fn run(args: Args) -> Result<(), String> {
 
     let _progress = Progress::start("churn (stable receipts)", counters.clone());
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut publishers = Vec::new();
-    for (g, group) in groups.iter().enumerate() {
-        let path = format!("/v3/ws/group/churn-g{g}/client/pub-{g}");
-        let ws = args.hubs.connect(g, &path).await?;
-        let pace = Pace {
-            rate: args.rate,
-            window: 0,
-            payload: args.payload,
-            phase: g as f64 / args.groups as f64,
-        };
-        publishers.push(tokio::spawn(fanout::publish(
-            ws,
-            pace,
-            group.clone(),
-            counters.clone(),
-            stop.clone(),
-        )));
-    }
+    let pace = Pace {
+        rate: args.rate,
+        window: 0,
+        payload: args.payload,
+        phase: 0.0,
+    };
+    let publishers =
+        fanout::start_publishers(&args.hubs, "churn-g", &groups, pace, &counters, &stop).await?;
 
     let reconnects = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));

@@ -173,24 +173,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _progress = Progress::start("fanout", counters.clone());
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut publishers = Vec::new();
-    for (g, group) in groups.iter().enumerate() {
-        let path = format!("/v3/ws/group/fan-g{g}/client/pub-{g}");
-        let ws = args.hubs.connect(g, &path).await?;
-        let pace = Pace {
-            rate: args.rate,
-            window: args.window,
-            payload: args.measure.payload,
-            phase: g as f64 / args.groups as f64,
-        };
-        publishers.push(tokio::spawn(publish(
-            ws,
-            pace,
-            group.clone(),
-            counters.clone(),
-            stop.clone(),
-        )));
-    }
+    let pace = Pace {
+        rate: args.rate,
+        window: args.window,
+        payload: args.measure.payload,
+        phase: 0.0,
+    };
+    let publishers = start_publishers(&args.hubs, "fan-g", &groups, pace, &counters, &stop).await?;
 
     tokio::time::sleep(args.measure.warmup()).await;
     let start_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
@@ -281,6 +270,35 @@ pub async fn subscribe(
             latency.record(stats::now_ns().saturating_sub(sent));
         }
     }
+}
+
+/// Connects one publisher per group (`{prefix}{g}`) and starts it at
+/// `pace`, the phases of paced publishers spread evenly over the period.
+pub async fn start_publishers(
+    hubs: &Hubs,
+    prefix: &str,
+    groups: &[Arc<GroupState>],
+    pace: Pace,
+    counters: &Arc<Counters>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    let mut publishers = Vec::with_capacity(groups.len());
+    for (g, group) in groups.iter().enumerate() {
+        let path = format!("/v3/ws/group/{prefix}{g}/client/pub-{g}");
+        let ws = hubs.connect(g, &path).await?;
+        let pace = Pace {
+            phase: g as f64 / groups.len() as f64,
+            ..pace
+        };
+        publishers.push(tokio::spawn(publish(
+            ws,
+            pace,
+            group.clone(),
+            counters.clone(),
+            stop.clone(),
+        )));
+    }
+    Ok(publishers)
 }
 
 pub async fn publish(
