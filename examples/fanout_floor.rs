@@ -9,6 +9,8 @@
 //!
 //! Usage: `fanout_floor 127.0.0.1:18300`
 
+mod bench_server;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -28,11 +30,7 @@ type Peers = Arc<RwLock<Vec<(u64, mpsc::Sender<Utf8Bytes>)>>>;
 
 #[tokio::main]
 async fn main() {
-    aether_hub::fdlimit::raise();
-    let addr: std::net::SocketAddr = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| ([127, 0, 0, 1], 18300).into());
+    let addr = bench_server::prepare(18300);
     let peers: Peers = Arc::default();
     let next = Arc::new(AtomicU64::new(0));
     let route = warp::header::headers_cloned()

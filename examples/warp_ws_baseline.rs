@@ -5,16 +5,14 @@
 //!
 //! Usage: `warp_ws_baseline 127.0.0.1:18181`
 
+mod bench_server;
+
 use futures_util::StreamExt;
 use warp::Filter;
 
 #[tokio::main]
 async fn main() {
-    aether_hub::fdlimit::raise();
-    let addr: std::net::SocketAddr = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| ([127, 0, 0, 1], 18181).into());
+    let addr = bench_server::prepare(18181);
     let route = warp::path!("v3" / "ws" / "group" / String / "client" / String)
         .and(warp::ws())
         .map(|_group: String, _client: String, ws: warp::ws::Ws| {
