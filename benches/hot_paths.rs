@@ -77,12 +77,14 @@ fn dispatch_to(c: &mut Criterion, name: &str) {
         for n in 0..subscribers {
             let (outbox, rx) = Outbox::new(1024);
             let client = id(&format!("c{n}"));
-            router.join(
+            let joined = router.join(
                 SocketId::next(),
                 &client,
                 &outbox,
                 std::slice::from_ref(&route),
+                0,
             );
+            assert!(joined.is_ok(), "a group route has no client limit");
             receivers.push((outbox, rx));
         }
         let msg = Encoded::from_text(frame());

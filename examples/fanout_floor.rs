@@ -47,7 +47,7 @@ async fn main() {
                 p.push((id, tx));
             }
             tokio::spawn(serve(on_upgrade, id, rx, peers.clone()));
-            aether_hub::http::switching_protocols(&key)
+            aether_hub::http::switching_protocols(&key, false)
         });
     let listener = aether_hub::server::listen(addr).await.unwrap_or_else(|e| {
         eprintln!("fanout_floor: {e}");

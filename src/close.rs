@@ -29,6 +29,8 @@ pub enum Disconnect {
     RateLimited,
     #[error("idle timeout")]
     Idle,
+    #[error("token expired")]
+    TokenExpired,
 }
 
 impl Disconnect {
@@ -45,6 +47,7 @@ impl Disconnect {
             Disconnect::SlowConsumer => 4008,
             Disconnect::RateLimited => 4029,
             Disconnect::Idle => 4408,
+            Disconnect::TokenExpired => 4001,
         }
     }
 
@@ -94,6 +97,7 @@ mod tests {
             (Disconnect::SlowConsumer, 4008),
             (Disconnect::RateLimited, 4029),
             (Disconnect::Idle, 4408),
+            (Disconnect::TokenExpired, 4001),
         ];
         for (reason, code) in cases {
             let frame = reason.close_frame().unwrap();

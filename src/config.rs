@@ -42,6 +42,44 @@ pub struct Config {
     #[arg(long, env = "AETHER_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Comma-separated HMAC secrets for HS256 identity tokens; a token
+    /// signed with any of them is accepted (rotation).
+    #[arg(
+        long,
+        env = "AETHER_TOKEN_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub token_secrets: Vec<String>,
+
+    /// A JWKS file of public keys (RS256, ES256, EdDSA) for identity
+    /// tokens; a token's `kid` picks the key.
+    #[arg(long, env = "AETHER_TOKEN_JWKS_FILE")]
+    pub token_jwks_file: Option<std::path::PathBuf>,
+
+    /// The `aud` every identity token must carry.
+    #[arg(long, env = "AETHER_TOKEN_AUDIENCE", default_value = "aether-hub")]
+    pub token_audience: String,
+
+    /// The `iss` every identity token must carry. Unset: not checked.
+    #[arg(long, env = "AETHER_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in whole seconds.
+    #[arg(long, env = "AETHER_TOKEN_LEEWAY_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub token_leeway_secs: u64,
+
+    /// Sockets this instance holds at most; an upgrade beyond it gets 503.
+    /// Default: the open-file limit less 256 (listener, Redis, HTTP).
+    #[arg(long, env = "AETHER_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Sockets one client_id may hold on this instance (more: 429); 0 = no limit.
+    #[arg(long, env = "AETHER_MAX_SOCKETS_PER_CLIENT", default_value_t = 16)]
+    pub max_sockets_per_client: u32,
+
     /// Whether clients may send `broadcast` messages.
     #[arg(long, env = "AETHER_ALLOW_CLIENT_BROADCAST", default_value_t = true, action = clap::ArgAction::Set)]
     pub allow_client_broadcast: bool,
@@ -111,6 +149,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub ping_interval: Duration,
     pub allow_client_broadcast: bool,
+    /// 0: no limit.
+    pub max_sockets_per_client: usize,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +162,8 @@ pub enum ConfigError {
     RedisUrl,
     #[error("AETHER_PRESENCE_TTL_SECS: must be at least 1 second")]
     PresenceTtl,
+    #[error("AETHER_TOKEN_AUDIENCE: must not be empty")]
+    TokenAudience,
 }
 
 impl Config {
@@ -165,6 +208,10 @@ impl Config {
         // An empty entry ("AETHER_API_KEYS=" or "a,,b") is no key at all.
         self.api_keys.retain(|k| !k.trim().is_empty());
         self.allowed_origins.retain(|o| !o.trim().is_empty());
+        self.token_secrets.retain(|k| !k.trim().is_empty());
+        if self.token_audience.trim().is_empty() {
+            return Err(ConfigError::TokenAudience);
+        }
         if self.presence_ttl < Duration::from_secs(1) {
             return Err(ConfigError::PresenceTtl);
         }
@@ -184,6 +231,10 @@ impl Config {
             idle_timeout: self.idle_timeout,
             ping_interval: self.ping_interval,
             allow_client_broadcast: self.allow_client_broadcast,
+            max_sockets_per_client: self.max_sockets_per_client as usize,
+            max_connections: self
+                .max_connections
+                .map_or_else(crate::fdlimit::default_max_connections, |n| n as usize),
         }
     }
 }

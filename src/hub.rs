@@ -4,8 +4,10 @@
 //! [`Hub::connect`] joins a new socket to its routes and to presence and
 //! returns a [`Membership`]: dropping it (normal end, error or panic) takes
 //! the socket out again, so nothing a session does can leak a route or a
-//! presence entry.
+//! presence entry. Each membership holds a [`Slot`] of the instance's
+//! connection capacity, reserved before the upgrade does any work.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -19,15 +21,31 @@ use crate::metrics::{self, DropReason};
 use crate::outbox::{Kick, Outbox};
 use crate::presence::{MemoryPresence, Presence, PresenceError};
 use crate::protocol::{self, Encoded, Message, PresenceEvent, Target, VisionId};
-use crate::router::{Router, SocketId};
+use crate::router::{ClientFull, Router, SocketId};
 
 pub struct Hub {
     router: Arc<Router>,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn Presence>,
     limits: Limits,
+    capacity: Arc<Capacity>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// How many sockets the instance holds, against its limit.
+struct Capacity {
+    max: usize,
+    taken: AtomicUsize,
+}
+
+/// One socket's share of the instance's capacity, given back on drop.
+pub struct Slot(Arc<Capacity>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +56,8 @@ pub enum ConnectError {
     Presence(#[from] PresenceError),
     #[error("the hub is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    TooManySockets(#[from] ClientFull),
 }
 
 impl Hub {
@@ -55,11 +75,17 @@ impl Hub {
         presence: Arc<dyn Presence>,
         limits: Limits,
     ) -> Arc<Hub> {
+        metrics::connections_max(limits.max_connections);
+        let capacity = Arc::new(Capacity {
+            max: limits.max_connections,
+            taken: AtomicUsize::new(0),
+        });
         Arc::new(Hub {
             router,
             broker,
             presence,
             limits,
+            capacity,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
@@ -100,6 +126,19 @@ impl Hub {
         self.presence.close().await;
     }
 
+    /// A share of the instance's capacity for one more socket, or `None`
+    /// when it holds `AETHER_MAX_CONNECTIONS` already.
+    pub fn reserve(&self) -> Option<Slot> {
+        let capacity = &self.capacity;
+        capacity
+            .taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(capacity)))
+    }
+
     /// Joins a new socket of `client` in `group` to its three routes and
     /// to presence. Resolves once the routes are live, so anything
     /// published after this returns reaches the socket.
@@ -107,6 +146,7 @@ impl Hub {
         self: &Arc<Self>,
         group: VisionId,
         client: VisionId,
+        slot: Slot,
     ) -> Result<(Membership, mpsc::Receiver<Encoded>), ConnectError> {
         if self.shutdown.is_cancelled() {
             return Err(ConnectError::ShuttingDown);
@@ -114,7 +154,10 @@ impl Hub {
         let (outbox, rx) = Outbox::new(self.limits.outbound_queue);
         let routes = Route::for_socket(&group, &client);
         let socket = SocketId::next();
-        let added = self.router.join(socket, &client, &outbox, &routes);
+        let per_client = self.limits.max_sockets_per_client;
+        let added = self
+            .router
+            .join(socket, &client, &outbox, &routes, per_client)?;
         // A shutdown that began while this socket joined missed it.
         if self.shutdown.is_cancelled() {
             outbox.kick(Kick::ShuttingDown);
@@ -129,6 +172,7 @@ impl Hub {
             outbox,
             present: false,
             close_code: 1011,
+            _slot: slot,
         };
         self.broker.live(&routes).await?;
         if self.presence.join(&member.group, &member.client).await? {
@@ -187,6 +231,7 @@ pub struct Membership {
     outbox: Arc<Outbox>,
     present: bool,
     close_code: u16,
+    _slot: Slot,
 }
 
 impl Membership {
@@ -239,6 +284,26 @@ mod tests {
     use crate::config::Config;
     use crate::protocol::id;
 
+    fn slot(hub: &Hub) -> Slot {
+        hub.reserve().expect("capacity left")
+    }
+
+    #[tokio::test]
+    async fn capacity_is_reserved_per_socket_and_given_back() {
+        let mut limits = Config::for_tests().limits();
+        limits.max_connections = 2;
+        let hub = Hub::in_memory(limits);
+        let first = hub.reserve().unwrap();
+        let (member, _rx) = hub.connect(id("g"), id("a"), slot(&hub)).await.unwrap();
+        assert!(hub.reserve().is_none(), "full with two taken");
+        drop(first);
+        let third = hub.reserve().expect("a slot came back");
+        assert!(hub.reserve().is_none());
+        drop(member);
+        assert!(hub.reserve().is_some(), "a leaving socket gives its slot back");
+        drop(third);
+    }
+
     /// The in-memory broker, recording what the router asked of it.
     struct Recording {
         inner: MemoryBroker,
@@ -280,9 +345,9 @@ mod tests {
             Config::for_tests().limits(),
         );
 
-        let (a, _a_rx) = hub.connect(id("g"), id("a")).await.unwrap();
-        let (b, _b_rx) = hub.connect(id("g"), id("b")).await.unwrap();
-        let (a2, _a2_rx) = hub.connect(id("g"), id("a")).await.unwrap();
+        let (a, _a_rx) = hub.connect(id("g"), id("a"), slot(&hub)).await.unwrap();
+        let (b, _b_rx) = hub.connect(id("g"), id("b"), slot(&hub)).await.unwrap();
+        let (a2, _a2_rx) = hub.connect(id("g"), id("a"), slot(&hub)).await.unwrap();
         drop(a);
         drop(b);
         drop(a2);
@@ -315,8 +380,8 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_session_leaves_and_the_hub_goes_on() {
         let hub = Hub::in_memory(Config::for_tests().limits());
-        let (alice, _alice_rx) = hub.connect(id("g"), id("alice")).await.unwrap();
-        let (_bob, mut bob_rx) = hub.connect(id("g"), id("bob")).await.unwrap();
+        let (alice, _alice_rx) = hub.connect(id("g"), id("alice"), slot(&hub)).await.unwrap();
+        let (_bob, mut bob_rx) = hub.connect(id("g"), id("bob"), slot(&hub)).await.unwrap();
         let crashed = tokio::spawn(async move {
             let _alice = alice;
             panic!("a bug in a session");
@@ -336,7 +401,7 @@ mod tests {
         );
         assert_eq!(hub.members(&id("g")).await.unwrap(), ["bob"]);
 
-        let (_carol, _carol_rx) = hub.connect(id("g"), id("carol")).await.unwrap();
+        let (_carol, _carol_rx) = hub.connect(id("g"), id("carol"), slot(&hub)).await.unwrap();
         let join = bob_rx.recv().await.expect("bob's queue is open");
         assert_eq!(
             payload(join),

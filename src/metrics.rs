@@ -28,6 +28,48 @@ pub const REDIS_CHANNELS: &str = "aether_redis_channels_subscribed";
 pub const REDIS_RECONNECTS: &str = "aether_redis_reconnects_total";
 pub const REDIS_UP: &str = "aether_redis_up";
 pub const PUBSUB_LAG_SECONDS: &str = "aether_pubsub_lag_seconds";
+pub const UPGRADES_REFUSED: &str = "aether_upgrades_refused_total";
+pub const CONNECTIONS_MAX: &str = "aether_connections_max";
+
+/// Why an upgrade was refused (`reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The instance is at `AETHER_MAX_CONNECTIONS` (503).
+    Capacity,
+    /// The client is at `AETHER_MAX_SOCKETS_PER_CLIENT` (429).
+    ClientLimit,
+    /// No valid credential (401).
+    Unauthorized,
+    /// A credential that does not cover the client or group, or a foreign
+    /// origin (403).
+    Forbidden,
+    /// A malformed request: ids, upgrade headers (400).
+    BadRequest,
+    /// The hub cannot serve: Redis down, shutting down (503).
+    Unavailable,
+}
+
+impl Refused {
+    const ALL: [Refused; 6] = [
+        Self::Capacity,
+        Self::ClientLimit,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::BadRequest,
+        Self::Unavailable,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Capacity => "capacity",
+            Self::ClientLimit => "client_limit",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::BadRequest => "bad_request",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
 
 /// Why a message did not reach a socket (`reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +105,7 @@ struct Handles {
     rate_limited: Counter,
     broker_unavailable: Counter,
     pubsub_lag: Histogram,
+    refused: [Counter; 6],
 }
 
 static HANDLES: OnceLock<Handles> = OnceLock::new();
@@ -134,6 +177,7 @@ impl Handles {
             redis_publishes: counter!(REDIS_PUBLISHES),
             redis_received: counter!(REDIS_RECEIVED),
             pubsub_lag: histogram!(PUBSUB_LAG_SECONDS),
+            refused: Refused::ALL.map(|r| counter!(UPGRADES_REFUSED, "reason" => r.label())),
         }
     }
 }
@@ -169,6 +213,14 @@ fn describe() {
         "Times the Redis connection was lost and rebuilt"
     );
     describe_gauge!(REDIS_UP, "1 while Redis is connected and answering probes");
+    describe_counter!(
+        UPGRADES_REFUSED,
+        "WebSocket upgrades refused before the upgrade, by reason"
+    );
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        "Sockets this instance admits at most (AETHER_MAX_CONNECTIONS)"
+    );
     describe_histogram!(
         PUBSUB_LAG_SECONDS,
         Unit::Seconds,
@@ -190,6 +242,16 @@ pub fn connection_closed(code: u16) {
         h.open.decrement(1.0);
         counter!(CONNECTIONS_CLOSED, "code" => code.to_string()).increment(1);
     }
+}
+
+pub fn upgrade_refused(reason: Refused) {
+    if let Some(h) = HANDLES.get() {
+        h.refused[reason as usize].increment(1);
+    }
+}
+
+pub fn connections_max(max: usize) {
+    gauge!(CONNECTIONS_MAX).set(max as f64);
 }
 
 pub fn frame_received(msg_type: MsgType, target: Target) {

@@ -47,6 +47,11 @@ pub struct Router {
     routes: DashMap<Route, Members, Hasher>,
 }
 
+/// A client already holds its most sockets on this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this client already holds {0} sockets on this instance")]
+pub struct ClientFull(pub usize);
+
 /// The outcome of one dispatch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fanout {
@@ -60,17 +65,26 @@ impl Router {
     }
 
     /// Adds a socket to routes; returns the routes that had no local
-    /// subscriber before.
+    /// subscriber before. When the first of `routes` is a client route (as
+    /// [`Route::for_socket`] puts it) that already has `max_per_client`
+    /// local sockets (0: no limit), the join is refused before anything
+    /// changes; the count is read under that route's own lock, so
+    /// concurrent joins cannot pass the limit together.
     pub fn join(
         &self,
         socket: SocketId,
         client: &VisionId,
         outbox: &Arc<Outbox>,
         routes: &[Route],
-    ) -> Vec<Route> {
+        max_per_client: usize,
+    ) -> Result<Vec<Route>, ClientFull> {
         let mut added = Vec::new();
-        for route in routes {
+        for (i, route) in routes.iter().enumerate() {
             let mut members = self.routes.entry(route.clone()).or_default();
+            let limited = i == 0 && matches!(route, Route::Client(_)) && max_per_client > 0;
+            if limited && members.len() >= max_per_client {
+                return Err(ClientFull(max_per_client));
+            }
             if members.is_empty() {
                 added.push(route.clone());
             }
@@ -80,7 +94,7 @@ impl Router {
             };
             members.insert(socket, subscriber);
         }
-        added
+        Ok(added)
     }
 
     /// Removes a socket from routes; returns the routes left with no local
@@ -158,8 +172,11 @@ mod tests {
         let routes = Route::for_socket(&id("g"), &id("a"));
         let (s1, s2) = (SocketId::next(), SocketId::next());
 
-        assert_eq!(router.join(s1, &id("a"), &outbox, &routes), routes.to_vec());
-        assert!(router.join(s2, &id("a"), &outbox, &routes).is_empty());
+        assert_eq!(
+            router.join(s1, &id("a"), &outbox, &routes, 0),
+            Ok(routes.to_vec())
+        );
+        assert_eq!(router.join(s2, &id("a"), &outbox, &routes, 0), Ok(vec![]));
         assert!(router.leave(s1, &routes).is_empty());
         assert!(router.wants(&Route::Broadcast));
         assert_eq!(router.leave(s2, &routes), routes.to_vec());
@@ -167,6 +184,27 @@ mod tests {
         assert!(router.routes().is_empty());
         // Leaving twice changes nothing.
         assert!(router.leave(s2, &routes).is_empty());
+    }
+
+    #[test]
+    fn a_client_at_its_limit_is_refused_and_nothing_changes() {
+        let router = Router::new();
+        let (outbox, _rx) = Outbox::new(8);
+        let routes = Route::for_socket(&id("g"), &id("a"));
+        let (s1, s2, s3) = (SocketId::next(), SocketId::next(), SocketId::next());
+        router.join(s1, &id("a"), &outbox, &routes, 2).unwrap();
+        router.join(s2, &id("a"), &outbox, &routes, 2).unwrap();
+        assert_eq!(
+            router.join(s3, &id("a"), &outbox, &routes, 2),
+            Err(ClientFull(2))
+        );
+        // The refused socket holds nothing: two leaves empty every route.
+        assert!(router.leave(s1, &routes).is_empty());
+        assert_eq!(router.leave(s2, &routes), routes.to_vec());
+        // Other clients are not limited by it.
+        router.join(s1, &id("a"), &outbox, &routes, 1).unwrap();
+        let b = Route::for_socket(&id("g"), &id("b"));
+        assert!(router.join(s2, &id("b"), &outbox, &b, 1).is_ok());
     }
 
     #[test]
@@ -179,13 +217,17 @@ mod tests {
             &id("a"),
             &a,
             &Route::for_socket(&id("g"), &id("a")),
-        );
+            0,
+        )
+        .unwrap();
         router.join(
             SocketId::next(),
             &id("b"),
             &b,
             &Route::for_socket(&id("g"), &id("b")),
-        );
+            0,
+        )
+        .unwrap();
 
         let fanout = router.dispatch(&Route::Group(id("g")), &msg(), "a");
         assert_eq!(fanout.delivered, 1);
@@ -206,8 +248,8 @@ mod tests {
         let (slow, _slow_rx) = Outbox::new(1);
         let (fast, mut fast_rx) = Outbox::new(64);
         let route = [Route::Group(id("g"))];
-        router.join(SocketId::next(), &id("slow"), &slow, &route);
-        router.join(SocketId::next(), &id("fast"), &fast, &route);
+        router.join(SocketId::next(), &id("slow"), &slow, &route, 0).unwrap();
+        router.join(SocketId::next(), &id("fast"), &fast, &route, 0).unwrap();
 
         let mut overflowed = 0;
         for _ in 0..10 {

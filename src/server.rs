@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warp::Filter;
 
+use crate::auth::Auth;
 use crate::broker::RedisBroker;
 use crate::channels::Names;
 use crate::config::Config;
@@ -34,6 +35,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     RedisUrl(#[from] crate::redis_link::UrlError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthConfigError),
 }
 
 pub struct Server {
@@ -118,16 +121,19 @@ impl Server {
     /// Binds and starts serving; returns once the listener is bound.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let prometheus = metrics::install();
+        let auth = Auth::from_config(&config)?;
         let hub = build_hub(&config)?;
-        if config.api_keys.is_empty() {
-            tracing::warn!("no API keys configured: every upgrade is accepted (development mode)");
+        if auth.is_open() {
+            tracing::warn!(
+                "no API keys configured and no token keys: every upgrade is accepted (development mode)"
+            );
         }
         let listener = listen(config.bind).await?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.bind,
             source,
         })?;
-        let routes = Api::new(Arc::clone(&hub), &config, prometheus.clone())
+        let routes = Api::new(Arc::clone(&hub), auth, &config, prometheus.clone())
             .routes()
             .recover(http::recover)
             .unify();

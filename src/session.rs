@@ -2,8 +2,9 @@
 //! pings, the idle timeout, the rate limit and the close handshake.
 //!
 //! One task per socket. It waits on whichever comes first: a frame from the
-//! client, messages in its outbound queue, its ping tick, an overflow of its
-//! queue, or the hub's shutdown. Writes drain everything queued into one
+//! client, messages in its outbound queue, its tick (pings, the idle check,
+//! and the token's expiry: one timer, set to the earliest), an overflow of
+//! its queue, or the hub's shutdown. Writes drain everything queued into one
 //! batch (`wire.rs`), so a burst costs few syscalls. Every ending is a
 //! [`Disconnect`], turned into a close code in `close.rs`.
 
@@ -12,10 +13,10 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio::time::{interval_at, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::auth::{Access, Caps};
 use crate::close::Disconnect;
 use crate::config::Limits;
 use crate::hub::Membership;
@@ -50,10 +51,35 @@ pub fn websocket_config(limits: &Limits) -> tungstenite::protocol::WebSocketConf
 /// time it takes to read it.
 const READ_BUFFER: usize = 512;
 
+/// What the socket's credential allows it, decided at the upgrade.
+#[derive(Debug, Clone, Copy)]
+pub struct Rights {
+    caps: Caps,
+    /// When the token runs out (closed with 4001).
+    expires: Option<Instant>,
+}
+
+impl Rights {
+    pub fn of(access: &Access) -> Rights {
+        let expires = access.expires_at().map(|at| {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(at);
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            Instant::now() + left
+        });
+        Rights {
+            caps: access.caps(),
+            expires,
+        }
+    }
+}
+
 pub struct Session<S> {
     ws: WebSocketStream<S>,
     rx: mpsc::Receiver<Encoded>,
     member: Membership,
+    rights: Rights,
     rate: RateLimit,
     opened: Instant,
     last_seen: Instant,
@@ -67,11 +93,17 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    pub fn new(ws: WebSocketStream<S>, member: Membership, rx: mpsc::Receiver<Encoded>) -> Self {
+    pub fn new(
+        ws: WebSocketStream<S>,
+        member: Membership,
+        rx: mpsc::Receiver<Encoded>,
+        rights: Rights,
+    ) -> Self {
         let now = Instant::now();
         Session {
             ws,
             rx,
+            rights,
             rate: RateLimit::new(member.hub().limits().rate_limit, now),
             opened: now,
             last_seen: now,
@@ -113,8 +145,7 @@ where
 
     async fn serve(&mut self) -> Disconnect {
         let every = tick_period(self.limits());
-        let mut tick = interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut tick = Box::pin(tokio::time::sleep_until(self.next_tick(every)));
         loop {
             let step = tokio::select! {
                 biased;
@@ -131,7 +162,11 @@ where
                     Some(Err(e)) => Err(self.read_error(e)),
                     None => Err(Disconnect::Lost),
                 },
-                _ = tick.tick() => Box::pin(self.on_tick()).await,
+                _ = tick.as_mut() => {
+                    let ticked = Box::pin(self.on_tick()).await;
+                    tick.as_mut().reset(self.next_tick(every));
+                    ticked
+                }
             };
             if let Err(end) = step {
                 return end;
@@ -176,6 +211,7 @@ where
             allow_broadcast: self.limits().allow_client_broadcast,
         };
         let msg = protocol::parse(text, origin)?;
+        self.rights.caps.check(msg.msg_type, msg.target)?;
         metrics::frame_received(msg.msg_type, msg.target);
         let reply = match (msg.msg_type, msg.target) {
             (MsgType::Heartbeat, _) => protocol::heartbeat_reply(&member.client),
@@ -199,8 +235,19 @@ where
         self.write(reply).await
     }
 
+    /// The next tick: one period from now, or the token's expiry if that
+    /// comes first.
+    fn next_tick(&self, every: Duration) -> tokio::time::Instant {
+        let next = Instant::now() + every;
+        let at = self.rights.expires.map_or(next, |expires| expires.min(next));
+        at.into()
+    }
+
     async fn on_tick(&mut self) -> Result<(), Disconnect> {
         let now = Instant::now();
+        if self.rights.expires.is_some_and(|at| now >= at) {
+            return Err(Disconnect::TokenExpired);
+        }
         if now.duration_since(self.last_seen) >= self.limits().idle_timeout {
             return Err(Disconnect::Idle);
         }

@@ -1,0 +1,207 @@
+//! The HTTP surface (PROTOCOL.md sections 1, 5 and 8) as warp routes: the
+//! WebSocket upgrade (`upgrade.rs`), health, readiness, metrics, presence
+//! and publish. Every refusal is a [`Refusal`] (`refusal.rs`).
+
+mod refusal;
+mod upgrade;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap};
+use http::StatusCode;
+use hyper::upgrade::OnUpgrade;
+use metrics_exporter_prometheus::PrometheusHandle;
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use crate::auth::{Access, Auth, Credentials, Surface};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::protocol::{self, Origin, VisionId};
+pub use crate::auth::{API_KEY_HEADER, API_KEY_PARAM};
+pub use refusal::Refusal;
+pub use upgrade::{switching_protocols, SocketPath};
+
+/// What the routes share.
+pub struct Api {
+    hub: Arc<Hub>,
+    auth: Auth,
+    allowed_origins: Vec<String>,
+    prometheus: PrometheusHandle,
+}
+
+type Query = HashMap<String, String>;
+
+impl Api {
+    pub fn new(
+        hub: Arc<Hub>,
+        auth: Auth,
+        config: &Config,
+        prometheus: PrometheusHandle,
+    ) -> Arc<Api> {
+        Arc::new(Api {
+            hub,
+            auth,
+            allowed_origins: config.allowed_origins.clone(),
+            prometheus,
+        })
+    }
+
+    /// Every route of the hub.
+    pub fn routes(
+        self: &Arc<Self>,
+    ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static
+    {
+        let api = warp::any().map({
+            let api = Arc::clone(self);
+            move || Arc::clone(&api)
+        });
+        let query = warp::query::<Query>()
+            .or(warp::any().map(Query::new))
+            .unify();
+
+        // Matched by hand rather than with `path!`, which would turn an
+        // empty id segment into a 404 instead of the contract's 400.
+        let socket_path = warp::path::full().and_then(|full: warp::path::FullPath| async move {
+            SocketPath::parse(full.as_str()).ok_or_else(warp::reject::not_found)
+        });
+        let ws = socket_path
+            .and(warp::get())
+            .and(warp::header::headers_cloned())
+            .and(query)
+            .and(warp::ext::optional::<OnUpgrade>())
+            .and(api.clone())
+            .then(|path, headers, query, on_upgrade, api: Arc<Api>| async move {
+                api.accept(path, headers, query, on_upgrade)
+                    .await
+                    .unwrap_or_else(Refusal::upgrade)
+            });
+        let healthz = warp::path!("healthz")
+            .and(warp::get())
+            .map(|| warp::reply::with_status("ok", StatusCode::OK).into_response());
+        let readyz = warp::path!("readyz")
+            .and(warp::get())
+            .and(api.clone())
+            .map(|api: Arc<Api>| api.readyz());
+        let metrics = warp::path!("metrics")
+            .and(warp::get())
+            .and(api.clone())
+            .map(|api: Arc<Api>| api.metrics());
+        let presence = warp::path!("v3" / "groups" / String / "presence")
+            .and(warp::get())
+            .and(warp::header::headers_cloned())
+            .and(query)
+            .and(api.clone())
+            .then(|group, headers, query, api: Arc<Api>| async move {
+                api.presence(group, headers, query)
+                    .await
+                    .unwrap_or_else(Refusal::json)
+            });
+        let max = u64::from(self.hub.limits().max_message_bytes as u32);
+        let publish = warp::path!("v3" / "publish")
+            .and(warp::post())
+            .and(warp::header::headers_cloned())
+            .and(query)
+            .and(warp::body::content_length_limit(max))
+            .and(warp::body::bytes())
+            .and(api)
+            .map(|headers, query, body, api: Arc<Api>| {
+                api.publish(headers, query, body)
+                    .unwrap_or_else(Refusal::json)
+            });
+
+        ws.or(healthz)
+            .unify()
+            .or(readyz)
+            .unify()
+            .or(metrics)
+            .unify()
+            .or(presence)
+            .unify()
+            .or(publish)
+            .unify()
+    }
+
+    /// The credentials of an HTTP API request (a key, or a Bearer token).
+    fn access(&self, headers: &HeaderMap, query: &Query) -> Result<Access, Refusal> {
+        Ok(self
+            .auth
+            .check(&Credentials::of(headers, query, Surface::Http))?)
+    }
+
+    fn readyz(&self) -> Response {
+        if self.hub.is_ready() {
+            warp::reply::with_status("ready", StatusCode::OK).into_response()
+        } else {
+            warp::reply::with_status("not ready", StatusCode::SERVICE_UNAVAILABLE).into_response()
+        }
+    }
+
+    fn metrics(&self) -> Response {
+        let body = self.prometheus.render();
+        warp::reply::with_header(body, header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .into_response()
+    }
+
+    /// `GET /v3/groups/{group_id}/presence`: a key, or a token whose `grp`
+    /// covers the group.
+    async fn presence(
+        &self,
+        group: String,
+        headers: HeaderMap,
+        query: Query,
+    ) -> Result<Response, Refusal> {
+        let access = self.access(&headers, &query)?;
+        let group = VisionId::parse(&group)
+            .map_err(|e| Refusal::bad_request(format!("group_id {e}")))?;
+        access.admits_group(group.as_str())?;
+        let members = self
+            .hub
+            .members(&group)
+            .await
+            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let body = serde_json::json!({ "group_id": group, "members": members });
+        Ok(warp::reply::json(&body).into_response())
+    }
+
+    /// `POST /v3/publish`: a key, or a token that could send the message
+    /// from a socket of its `from_id`.
+    fn publish(
+        &self,
+        headers: HeaderMap,
+        query: Query,
+        body: bytes::Bytes,
+    ) -> Result<Response, Refusal> {
+        let access = self.access(&headers, &query)?;
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| Refusal::bad_request("body is not valid UTF-8"))?;
+        let msg = protocol::parse(text, Origin::Service)
+            .map_err(|e| Refusal::bad_request(e.to_string()))?;
+        access.admits_publish(&msg)?;
+        self.hub
+            .publish(&msg)
+            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let body = serde_json::json!({ "status": "accepted" });
+        Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response())
+    }
+}
+
+/// Turns warp's own rejections (unknown path, wrong method, body too large)
+/// into plain responses with their status.
+pub async fn recover(rejection: warp::Rejection) -> Result<Response, Infallible> {
+    let status = if rejection.is_not_found() {
+        StatusCode::NOT_FOUND
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        StatusCode::METHOD_NOT_ALLOWED
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        StatusCode::LENGTH_REQUIRED
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    Ok(Refusal::new(status, reason).json())
+}
