@@ -13,7 +13,8 @@ use clap::Parser;
 #[command(
     name = "aether-hub",
     version,
-    about = "Real-time WebSocket fan-out hub (Aether V3)"
+    about = "Real-time WebSocket fan-out hub (Aether V3)",
+    after_help = "`aether-hub token --help`: sign a development identity token."
 )]
 pub struct Config {
     /// Address to listen on.

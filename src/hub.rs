@@ -300,7 +300,10 @@ mod tests {
         let third = hub.reserve().expect("a slot came back");
         assert!(hub.reserve().is_none());
         drop(member);
-        assert!(hub.reserve().is_some(), "a leaving socket gives its slot back");
+        assert!(
+            hub.reserve().is_some(),
+            "a leaving socket gives its slot back"
+        );
         drop(third);
     }
 

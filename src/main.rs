@@ -1,16 +1,46 @@
 //! The `aether-hub` binary: read the configuration, start the server, and
-//! shut down gracefully on SIGTERM or SIGINT.
+//! shut down gracefully on SIGTERM or SIGINT. `aether-hub token …` signs a
+//! development token instead.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use aether_hub::auth::issue::TokenCommand;
 use aether_hub::config::LogFormat;
 use aether_hub::{Config, Server};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("token") {
+        return sign_token();
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(serve()),
+        Err(e) => {
+            eprintln!("aether-hub: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `aether-hub token …`: prints a development token.
+fn sign_token() -> ExitCode {
+    use clap::Parser;
+    let command = TokenCommand::parse_from(std::env::args().skip(1));
+    match command.run() {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("aether-hub token: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
     let config = match Config::load() {
         Ok(config) => config,
         Err(e) => {

@@ -212,22 +212,24 @@ mod tests {
         let router = Router::new();
         let (a, mut a_rx) = Outbox::new(8);
         let (b, mut b_rx) = Outbox::new(8);
-        router.join(
-            SocketId::next(),
-            &id("a"),
-            &a,
-            &Route::for_socket(&id("g"), &id("a")),
-            0,
-        )
-        .unwrap();
-        router.join(
-            SocketId::next(),
-            &id("b"),
-            &b,
-            &Route::for_socket(&id("g"), &id("b")),
-            0,
-        )
-        .unwrap();
+        router
+            .join(
+                SocketId::next(),
+                &id("a"),
+                &a,
+                &Route::for_socket(&id("g"), &id("a")),
+                0,
+            )
+            .unwrap();
+        router
+            .join(
+                SocketId::next(),
+                &id("b"),
+                &b,
+                &Route::for_socket(&id("g"), &id("b")),
+                0,
+            )
+            .unwrap();
 
         let fanout = router.dispatch(&Route::Group(id("g")), &msg(), "a");
         assert_eq!(fanout.delivered, 1);
@@ -248,8 +250,12 @@ mod tests {
         let (slow, _slow_rx) = Outbox::new(1);
         let (fast, mut fast_rx) = Outbox::new(64);
         let route = [Route::Group(id("g"))];
-        router.join(SocketId::next(), &id("slow"), &slow, &route, 0).unwrap();
-        router.join(SocketId::next(), &id("fast"), &fast, &route, 0).unwrap();
+        router
+            .join(SocketId::next(), &id("slow"), &slow, &route, 0)
+            .unwrap();
+        router
+            .join(SocketId::next(), &id("fast"), &fast, &route, 0)
+            .unwrap();
 
         let mut overflowed = 0;
         for _ in 0..10 {

@@ -239,7 +239,10 @@ where
     /// comes first.
     fn next_tick(&self, every: Duration) -> tokio::time::Instant {
         let next = Instant::now() + every;
-        let at = self.rights.expires.map_or(next, |expires| expires.min(next));
+        let at = self
+            .rights
+            .expires
+            .map_or(next, |expires| expires.min(next));
         at.into()
     }
 

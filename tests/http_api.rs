@@ -27,6 +27,18 @@ async fn invalid_vision_ids_are_refused_with_400_before_the_upgrade() {
         assert_eq!(status, 400, "{path}");
         assert!(body.contains("_id"), "{path}: {body}");
     }
+    // An empty segment is an invalid id too, not an unknown path.
+    for (path, which) in [
+        ("/v3/ws/group//client/alice", "group_id"),
+        ("/v3/ws/group/g1/client/", "client_id"),
+    ] {
+        let (status, body) = hub.upgrade_status(path, &[]).await;
+        assert_eq!(status, 400, "{path}");
+        assert!(
+            body.contains(which) && body.contains("empty"),
+            "{path}: {body}"
+        );
+    }
     let ok = format!("/v3/ws/group/{}/client/a-b_C9", "g".repeat(64));
     assert_eq!(hub.upgrade_status(&ok, &[]).await.0, 101);
 }

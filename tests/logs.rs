@@ -125,6 +125,58 @@ async fn text_logs_are_for_people_by_default() {
         .all(|l| l.contains("DEBUG") && l.contains("code=1000")));
 }
 
+/// Tokens in all three places, valid and refused, at the most verbose
+/// level there is: no part of any token that carries its signature reaches
+/// the log.
+#[tokio::test]
+async fn tokens_are_never_logged_at_any_level() {
+    use support::tokens::{claims, hs256, secret};
+    let key = secret();
+    let mut hub =
+        spawn_hub_with_logs(&[("AETHER_LOG", "trace"), ("AETHER_TOKEN_SECRETS", &key)]).await;
+    let token = |sub: &str| hs256(&key, &claims(sub, json!("g1")));
+    let url = |c: &str| format!("ws://{}/v3/ws/group/g1/client/{c}", hub.addr);
+    let (by_protocol, by_header, by_query) = (token("p"), token("h"), token("q"));
+    let refused = hs256(&secret(), &claims("x", json!("g1")));
+    let forbidden = token("someone-else");
+
+    let protocols = format!("aether.v3, aether.token.{by_protocol}");
+    let p = Client::connect(&url("p"), &[("Sec-WebSocket-Protocol", &protocols)]).await;
+    let h = Client::connect(
+        &url("h"),
+        &[("Authorization", &format!("Bearer {by_header}"))],
+    )
+    .await;
+    let q = Client::connect(&format!("{}?token={by_query}", url("q")), &[]).await;
+    let bad = Client::connect(&format!("{}?token={refused}", url("x")), &[]).await;
+    let other = Client::connect(
+        &url("x"),
+        &[("Authorization", &format!("Bearer {forbidden}"))],
+    )
+    .await;
+    assert!(bad.is_err() && other.is_err(), "refused tokens are refused");
+    for client in [p, h, q] {
+        assert_eq!(client.expect("valid token").close().await, 1000);
+    }
+    let presence = support::http_request(
+        hub.addr,
+        "GET",
+        "/v3/groups/g1/presence",
+        &[("Authorization", &format!("Bearer {by_header}"))],
+        "",
+    )
+    .await;
+    assert_eq!(presence.status, 200);
+    let logs = stop(&mut hub);
+    assert!(logs.contains("TRACE"), "trace logs were on");
+    assert!(logs.contains("token"), "refusals are logged, by reason");
+    for t in [&by_protocol, &by_header, &by_query, &refused, &forbidden] {
+        let signature = t.rsplit('.').next().unwrap_or(t);
+        assert!(!logs.contains(signature), "a token was logged:\n{logs}");
+    }
+    assert!(!logs.contains(&key), "the secret was logged");
+}
+
 #[tokio::test]
 async fn the_level_is_set_at_start_up() {
     let mut hub = spawn_hub_with_logs(&[("AETHER_LOG", "warn")]).await;

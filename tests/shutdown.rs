@@ -91,7 +91,101 @@ fn help_lists_every_setting() {
         "AETHER_SHUTDOWN_GRACE_SECS",
         "AETHER_LOG",
         "AETHER_LOG_FORMAT",
+        "AETHER_TOKEN_SECRETS",
+        "AETHER_TOKEN_JWKS_FILE",
+        "AETHER_TOKEN_AUDIENCE",
+        "AETHER_TOKEN_ISSUER",
+        "AETHER_TOKEN_LEEWAY_SECS",
+        "AETHER_MAX_CONNECTIONS",
+        "AETHER_MAX_SOCKETS_PER_CLIENT",
     ] {
         assert!(help.contains(var), "{var} missing from --help");
     }
+    assert!(
+        help.contains("aether-hub token"),
+        "the token subcommand is named"
+    );
+}
+
+/// A JWKS file that cannot be used stops start-up, naming the variable.
+#[test]
+fn a_bad_jwks_file_stops_start_up() {
+    let bad_key = r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"s"}]}"#;
+    for (text, part) in [
+        (None, "cannot read"),
+        (Some("{not json"), "not a JWKS document"),
+        (Some(bad_key), "symmetric"),
+    ] {
+        let path = match text {
+            Some(text) => support::tokens::write_temp("jwks.json", text),
+            None => std::env::temp_dir().join("aether-no-such-jwks.json"),
+        };
+        let out = Command::new(BIN)
+            .env("AETHER_TOKEN_JWKS_FILE", &path)
+            .env("AETHER_BIND", "127.0.0.1:0")
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{text:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("AETHER_TOKEN_JWKS_FILE"), "{stderr}");
+        assert!(stderr.contains(part), "{text:?}: {stderr}");
+    }
+}
+
+/// `aether-hub token` signs what a hub with the same secret accepts.
+#[tokio::test]
+async fn the_token_subcommand_signs_a_development_token() {
+    let secret = support::tokens::secret();
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--grp",
+            "g1",
+            "--cap",
+            "msg,group",
+        ])
+        .args(["--ttl", "60"])
+        .env("AETHER_TOKEN_SECRETS", format!("{secret},older"))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+    let hub = support::process::spawn_hub(&[("AETHER_TOKEN_SECRETS", &secret)]).await;
+    let url = format!("{}?token={token}", hub.ws_url("g1", "alice"));
+    let mut alice = support::Client::connect(&url, &[]).await.expect("accepted");
+    alice
+        .send(serde_json::json!({"msg_type": "cmd", "target": "group"}))
+        .await;
+    let (code, reason) = alice.recv_close().await;
+    assert_eq!((code, reason.as_str()), (4003, "token does not allow cmd"));
+    let elsewhere = format!("{}?token={token}", hub.ws_url("g2", "alice"));
+    assert!(support::Client::connect(&elsewhere, &[]).await.is_err());
+
+    for (args, part) in [
+        (&["--sub", "a b", "--grp", "g"][..], "--sub"),
+        (&["--sub", "a", "--grp", "g", "--cap", "fly"][..], "--cap"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("token")
+            .args(args)
+            .env("AETHER_TOKEN_SECRETS", &secret)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(part));
+    }
+    let unsigned = Command::new(BIN)
+        .args(["token", "--sub", "a", "--grp", "g"])
+        .env_remove("AETHER_TOKEN_SECRETS")
+        .output()
+        .expect("run");
+    assert_eq!(unsigned.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unsigned.stderr).contains("AETHER_TOKEN_SECRETS"));
 }

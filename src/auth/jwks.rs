@@ -52,7 +52,8 @@ pub fn parse(text: &str) -> Result<HashMap<String, PublicKey>, JwksError> {
         path: String::new(),
         reason,
     };
-    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?;
     let keys = doc
         .get("keys")
         .and_then(|k| k.as_array())
@@ -85,9 +86,7 @@ fn public_key(jwk: &Jwk) -> Result<PublicKey, String> {
     }
     let by_type = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => Algorithm::RS256,
-        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
-            Algorithm::ES256
-        }
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
         AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
             Algorithm::EdDSA
         }
@@ -130,7 +129,8 @@ mod tests {
 
     // A valid P-256 public point and Ed25519 key (RFC 7515 A.3 and RFC 8037 A.2).
     const EC: &str = r#""kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0""#;
-    const ED: &str = r#""kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo""#;
+    const ED: &str =
+        r#""kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo""#;
 
     #[test]
     fn keys_are_pinned_to_their_algorithm() {
@@ -169,10 +169,7 @@ mod tests {
                 r#"{"keys":[{"kty":"EC","crv":"P-384","x":"AA","y":"AA","kid":"p"}]}"#,
                 "unsupported type",
             ),
-            (
-                r#"{"keys":[{"kty":"XYZ","kid":"p"}]}"#,
-                "unsupported type",
-            ),
+            (r#"{"keys":[{"kty":"XYZ","kid":"p"}]}"#, "unsupported type"),
         ] {
             let e = error(text);
             assert!(e.starts_with("AETHER_TOKEN_JWKS_FILE"), "{e}");

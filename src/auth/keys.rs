@@ -17,12 +17,9 @@ impl ApiKeys {
 
     /// Compares with every key, without stopping at a match.
     pub fn admits(&self, given: &[u8]) -> bool {
-        let matched = self
-            .0
-            .iter()
-            .fold(subtle::Choice::from(0), |acc, key| {
-                acc | key.as_bytes().ct_eq(given)
-            });
+        let matched = self.0.iter().fold(subtle::Choice::from(0), |acc, key| {
+            acc | key.as_bytes().ct_eq(given)
+        });
         bool::from(matched)
     }
 }

@@ -186,9 +186,7 @@ fn groups(grp: Option<&Value>) -> Result<Groups, TokenError> {
     match grp {
         None => Err(TokenError::Missing("grp".into())),
         Some(Value::String(s)) if s == "*" => Ok(Groups::Any),
-        Some(Value::String(s)) => Ok(Groups::Listed(vec![
-            VisionId::parse(s).map_err(|_| bad)?
-        ])),
+        Some(Value::String(s)) => Ok(Groups::Listed(vec![VisionId::parse(s).map_err(|_| bad)?])),
         Some(Value::Array(list)) => list
             .iter()
             .map(|g| g.as_str().and_then(|s| VisionId::parse(s).ok()))

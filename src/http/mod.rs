@@ -17,10 +17,10 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use crate::auth::{Access, Auth, Credentials, Surface};
+pub use crate::auth::{API_KEY_HEADER, API_KEY_PARAM};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::protocol::{self, Origin, VisionId};
-pub use crate::auth::{API_KEY_HEADER, API_KEY_PARAM};
 pub use refusal::Refusal;
 pub use upgrade::{switching_protocols, SocketPath};
 
@@ -73,11 +73,13 @@ impl Api {
             .and(query)
             .and(warp::ext::optional::<OnUpgrade>())
             .and(api.clone())
-            .then(|path, headers, query, on_upgrade, api: Arc<Api>| async move {
-                api.accept(path, headers, query, on_upgrade)
-                    .await
-                    .unwrap_or_else(Refusal::upgrade)
-            });
+            .then(
+                |path, headers, query, on_upgrade, api: Arc<Api>| async move {
+                    api.accept(path, headers, query, on_upgrade)
+                        .await
+                        .unwrap_or_else(Refusal::upgrade)
+                },
+            );
         let healthz = warp::path!("healthz")
             .and(warp::get())
             .map(|| warp::reply::with_status("ok", StatusCode::OK).into_response());
@@ -154,8 +156,8 @@ impl Api {
         query: Query,
     ) -> Result<Response, Refusal> {
         let access = self.access(&headers, &query)?;
-        let group = VisionId::parse(&group)
-            .map_err(|e| Refusal::bad_request(format!("group_id {e}")))?;
+        let group =
+            VisionId::parse(&group).map_err(|e| Refusal::bad_request(format!("group_id {e}")))?;
         access.admits_group(group.as_str())?;
         let members = self
             .hub
@@ -184,7 +186,10 @@ impl Api {
             .publish(&msg)
             .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         let body = serde_json::json!({ "status": "accepted" });
-        Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response())
+        Ok(
+            warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED)
+                .into_response(),
+        )
     }
 }
 

@@ -73,8 +73,8 @@ impl Api {
         let client = VisionId::parse(&path.client).map_err(|e| bad("client_id", e))?;
         access.admits(group.as_str(), client.as_str())?;
         let key = websocket_key(&headers)?;
-        let on_upgrade = on_upgrade
-            .ok_or_else(|| Refusal::bad_request("connection cannot be upgraded"))?;
+        let on_upgrade =
+            on_upgrade.ok_or_else(|| Refusal::bad_request("connection cannot be upgraded"))?;
 
         let (member, rx) = self.hub.connect(group, client, slot).await?;
         let rights = Rights::of(&access);

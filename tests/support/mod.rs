@@ -9,6 +9,7 @@ pub mod process;
 pub mod prometheus;
 pub mod raw;
 pub mod redis;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -137,6 +138,14 @@ impl Client {
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<Client, tungstenite::Error> {
+        Ok(Self::connect_answered(url, headers).await?.0)
+    }
+
+    /// Connects, and returns the hub's `101` answer beside the client.
+    pub async fn connect_answered(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(Client, tungstenite::handshake::client::Response), tungstenite::Error> {
         let mut request = url.into_client_request()?;
         for (name, value) in headers {
             let name = http::HeaderName::from_bytes(name.as_bytes()).expect("header name");
@@ -144,10 +153,10 @@ impl Client {
             request.headers_mut().insert(name, value);
         }
         let connect = tokio_tungstenite::connect_async(request);
-        let (ws, _) = tokio::time::timeout(TIMEOUT, connect)
+        let (ws, answer) = tokio::time::timeout(TIMEOUT, connect)
             .await
             .map_err(|_| tungstenite::Error::ConnectionClosed)??;
-        Ok(Client { ws })
+        Ok((Client { ws }, answer))
     }
 
     pub async fn send(&mut self, msg: Value) {
