@@ -71,6 +71,16 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub token_leeway_secs: u64,
 
+    /// PEM certificate chain: with AETHER_TLS_KEY_FILE, the hub serves
+    /// `wss://` and `https://` itself. Unset: plain TCP (TLS ends at a
+    /// load balancer). Reloaded on SIGHUP.
+    #[arg(long, env = "AETHER_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of AETHER_TLS_CERT_FILE.
+    #[arg(long, env = "AETHER_TLS_KEY_FILE")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+
     /// Sockets this instance holds at most; an upgrade beyond it gets 503.
     /// Default: the open-file limit less 256 (listener, Redis, HTTP).
     #[arg(long, env = "AETHER_MAX_CONNECTIONS",
@@ -165,6 +175,8 @@ pub enum ConfigError {
     PresenceTtl,
     #[error("AETHER_TOKEN_AUDIENCE: must not be empty")]
     TokenAudience,
+    #[error("AETHER_TLS_CERT_FILE and AETHER_TLS_KEY_FILE: set both or neither")]
+    TlsPair,
 }
 
 impl Config {
@@ -212,6 +224,9 @@ impl Config {
         self.token_secrets.retain(|k| !k.trim().is_empty());
         if self.token_audience.trim().is_empty() {
             return Err(ConfigError::TokenAudience);
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(ConfigError::TlsPair);
         }
         if self.presence_ttl < Duration::from_secs(1) {
             return Err(ConfigError::PresenceTtl);
@@ -327,6 +342,8 @@ mod tests {
             (&["--redis-url", "localhost"][..], "AETHER_REDIS_URL"),
             (&["--presence-ttl", "0.5"][..], "AETHER_PRESENCE_TTL_SECS"),
             (&["--allow-client-broadcast", "maybe"][..], "invalid value"),
+            (&["--tls-cert-file", "c.pem"][..], "set both or neither"),
+            (&["--tls-key-file", "k.pem"][..], "set both or neither"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(part), "{args:?}: {err}");

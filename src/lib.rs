@@ -25,6 +25,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod socket;
+pub mod tls;
 pub mod wire;
 
 pub use config::Config;

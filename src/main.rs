@@ -1,6 +1,7 @@
-//! The `aether-hub` binary: read the configuration, start the server, and
-//! shut down gracefully on SIGTERM or SIGINT. `aether-hub token …` signs a
-//! development token instead.
+//! The `aether-hub` binary: read the configuration, start the server,
+//! reload the TLS certificate on SIGHUP, and shut down gracefully on
+//! SIGTERM or SIGINT. `aether-hub token …` signs a development token
+//! instead.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -64,7 +65,7 @@ async fn serve() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = wait_for_signal().await {
+    if let Err(e) = wait_for_stop(&server).await {
         tracing::error!("cannot listen for signals: {e}");
         return ExitCode::FAILURE;
     }
@@ -93,12 +94,20 @@ fn init_logging(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+/// Until SIGTERM or SIGINT; SIGHUP reloads the TLS certificate meanwhile.
+async fn wait_for_stop(server: &Server) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match server.reload_tls() {
+                Ok(true) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Ok(false) => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+                Err(e) => tracing::warn!("SIGHUP: keeping the current TLS certificate: {e}"),
+            },
+        }
     }
-    Ok(())
 }

@@ -25,6 +25,7 @@ use crate::metrics;
 use crate::presence::RedisPresence;
 use crate::redis_link::RedisLink;
 use crate::router::Router;
+use crate::tls::{Tls, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -37,30 +38,31 @@ pub enum StartError {
     RedisUrl(#[from] crate::redis_link::UrlError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 pub struct Server {
     addr: SocketAddr,
     hub: Arc<Hub>,
+    tls: Option<Arc<Tls>>,
     http: JoinHandle<()>,
     upkeep: JoinHandle<()>,
 }
 
 /// Accepts connections until `stop`, each served by hyper's HTTP/1.1 with
-/// upgrades. Our own loop rather than `warp::serve`: the upgraded
-/// connection is then the plain TCP stream (see `http::websocket`), every
-/// socket gets `TCP_NODELAY`, a client that sends its headers too slowly is
-/// cut off, and a client that hangs up mid-request is not logged as a
-/// server error.
-async fn accept_loop<S>(listener: TcpListener, service: S, stop: CancellationToken)
-where
-    S: hyper::service::Service<
-            ::http::Request<hyper::body::Incoming>,
-            Response = warp::reply::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
+/// upgrades, over TLS when `tls` is set. Our own loop rather than
+/// `warp::serve`: the upgraded connection is then the plain TCP (or TLS)
+/// stream (see `http::upgrade`), every socket gets `TCP_NODELAY`, a client
+/// that sends its handshake or headers too slowly is cut off, and a client
+/// that hangs up mid-request is not logged as a server error.
+async fn accept_loop<S>(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    service: S,
+    stop: CancellationToken,
+) where
+    S: Service + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     loop {
@@ -79,17 +81,53 @@ where
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
-            if let Err(e) = served {
-                tracing::debug!("HTTP connection ended: {e}");
+            let Some(tls) = tls else {
+                return serve(stream, service).await;
+            };
+            // The handshake counts against the same deadline as the headers.
+            match tls.handshake(stream, HEADER_READ_TIMEOUT).await {
+                Ok(stream) => serve(stream, service).await,
+                Err(e) => tracing::debug!("{e}"),
             }
         });
+    }
+}
+
+/// What serves one HTTP connection: the hub's warp routes.
+pub trait Service:
+    hyper::service::Service<
+    ::http::Request<hyper::body::Incoming>,
+    Response = warp::reply::Response,
+    Error = std::convert::Infallible,
+>
+{
+}
+
+impl<T> Service for T where
+    T: hyper::service::Service<
+        ::http::Request<hyper::body::Incoming>,
+        Response = warp::reply::Response,
+        Error = std::convert::Infallible,
+    >
+{
+}
+
+async fn serve<IO, S>(io: IO, service: S)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served {
+        tracing::debug!("HTTP connection ended: {e}");
     }
 }
 
@@ -122,6 +160,10 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let prometheus = metrics::install();
         let auth = Auth::from_config(&config)?;
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
+            _ => None,
+        };
         let hub = build_hub(&config)?;
         if auth.is_open() {
             tracing::warn!(
@@ -138,7 +180,12 @@ impl Server {
             .recover(http::recover)
             .unify();
         let service = TowerToHyperService::new(warp::service(routes));
-        let http = tokio::spawn(accept_loop(listener, service, hub.shutdown_token().clone()));
+        let http = tokio::spawn(accept_loop(
+            listener,
+            tls.clone(),
+            service,
+            hub.shutdown_token().clone(),
+        ));
         // Histograms are drained when rendered; keep them bounded between
         // scrapes.
         let upkeep = tokio::spawn(async move {
@@ -153,10 +200,12 @@ impl Server {
         } else {
             "in-memory"
         };
-        tracing::info!(%addr, instance = %config.instance_id, mode, "aether-hub listening");
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        tracing::info!(%addr, instance = %config.instance_id, mode, scheme, "aether-hub listening");
         Ok(Server {
             addr,
             hub,
+            tls,
             http,
             upkeep,
         })
@@ -168,6 +217,15 @@ impl Server {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// Reads the TLS certificate and key again (SIGHUP): new connections
+    /// get them, open ones keep theirs. `Ok(false)` without TLS.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Stops accepting, closes every socket with 1001 and waits up to

@@ -1,5 +1,7 @@
 //! The byte stream under a WebSocket: the TCP stream itself when the hub's
-//! server accepted it, or hyper's boxed upgrade otherwise.
+//! server accepted it, the TLS stream over it when the hub serves `wss://`,
+//! or hyper's boxed upgrade otherwise. The load tool's client sockets are
+//! the same type.
 
 use std::io;
 use std::pin::Pin;
@@ -9,9 +11,13 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsStream;
 
 pub enum Socket {
     Tcp(TcpStream),
+    /// Boxed: rustls' connection state is kilobytes, and a plain-TCP socket
+    /// must not pay for it.
+    Tls(Box<TlsStream<TcpStream>>),
     Other(TokioIo<Upgraded>),
 }
 
@@ -23,6 +29,7 @@ impl AsyncRead for Socket {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Socket::Other(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -36,6 +43,7 @@ impl AsyncWrite for Socket {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Socket::Other(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -47,6 +55,7 @@ impl AsyncWrite for Socket {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Socket::Other(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
@@ -54,6 +63,7 @@ impl AsyncWrite for Socket {
     fn is_write_vectored(&self) -> bool {
         match self {
             Socket::Tcp(s) => s.is_write_vectored(),
+            Socket::Tls(s) => s.is_write_vectored(),
             Socket::Other(s) => s.is_write_vectored(),
         }
     }
@@ -61,6 +71,7 @@ impl AsyncWrite for Socket {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Socket::Other(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -68,6 +79,7 @@ impl AsyncWrite for Socket {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Socket::Other(s) => Pin::new(s).poll_shutdown(cx),
         }
     }

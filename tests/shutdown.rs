@@ -98,6 +98,8 @@ fn help_lists_every_setting() {
         "AETHER_TOKEN_LEEWAY_SECS",
         "AETHER_MAX_CONNECTIONS",
         "AETHER_MAX_SOCKETS_PER_CLIENT",
+        "AETHER_TLS_CERT_FILE",
+        "AETHER_TLS_KEY_FILE",
     ] {
         assert!(help.contains(var), "{var} missing from --help");
     }
@@ -129,6 +131,32 @@ fn a_bad_jwks_file_stops_start_up() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("AETHER_TOKEN_JWKS_FILE"), "{stderr}");
         assert!(stderr.contains(part), "{text:?}: {stderr}");
+    }
+}
+
+/// TLS files that cannot be used stop the binary, naming the variable.
+#[test]
+fn bad_tls_files_stop_start_up() {
+    let cert = support::tokens::write_temp("cert.pem", "not a certificate");
+    let missing = std::env::temp_dir().join("aether-no-such-key.pem");
+    for (env, part) in [
+        (vec![("AETHER_TLS_CERT_FILE", &cert)], "set both or neither"),
+        (
+            vec![
+                ("AETHER_TLS_CERT_FILE", &cert),
+                ("AETHER_TLS_KEY_FILE", &missing),
+            ],
+            "AETHER_TLS_CERT_FILE",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+            .env("AETHER_BIND", "127.0.0.1:0")
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{env:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(part), "{env:?}: {stderr}");
     }
 }
 

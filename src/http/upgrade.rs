@@ -18,6 +18,7 @@ use http::StatusCode;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::server;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -128,28 +129,30 @@ fn offers_v3(headers: &HeaderMap) -> bool {
 }
 
 /// The upgraded connection as a WebSocket. Under the hub's own server it is
-/// a plain TCP stream: unwrapped, it skips a layer of dynamic dispatch on
-/// every read and write, and gets `TCP_NODELAY` (messages are small and
-/// already batched; Nagle's algorithm would only add delay).
+/// a plain TCP or TLS stream: unwrapped, it skips a layer of dynamic
+/// dispatch on every read and write, and keeps `TCP_NODELAY` (messages are
+/// small and already batched; Nagle's algorithm would only add delay).
 async fn websocket(upgraded: Upgraded, config: WebSocketConfig) -> WebSocketStream<Socket> {
-    let socket = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let stream = parts.io.into_inner();
-            let _ = stream.set_nodelay(true);
-            return WebSocketStream::from_partially_read(
-                Socket::Tcp(stream),
-                parts.read_buf.to_vec(),
-                Role::Server,
-                Some(config),
-            )
-            .await;
-        }
+    let (socket, read) = match unwrap(upgraded) {
+        Ok(parts) => parts,
         Err(upgraded) => {
-            tracing::debug!("upgraded connection is not a plain TCP stream");
-            Socket::Other(TokioIo::new(upgraded))
+            tracing::debug!("upgraded connection is neither TCP nor TLS over TCP");
+            (Socket::Other(TokioIo::new(upgraded)), Vec::new())
         }
     };
-    WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await
+    WebSocketStream::from_partially_read(socket, read, Role::Server, Some(config)).await
+}
+
+/// The stream under hyper's upgrade, with the bytes hyper read past the
+/// request.
+fn unwrap(upgraded: Upgraded) -> Result<(Socket, Vec<u8>), Upgraded> {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => return Ok((Socket::Tcp(parts.io.into_inner()), parts.read_buf.to_vec())),
+        Err(upgraded) => upgraded,
+    };
+    let parts = upgraded.downcast::<TokioIo<server::TlsStream<TcpStream>>>()?;
+    let tls = tokio_rustls::TlsStream::Server(parts.io.into_inner());
+    Ok((Socket::Tls(Box::new(tls)), parts.read_buf.to_vec()))
 }
 
 /// The `Sec-WebSocket-Key` of a well-formed upgrade request.

@@ -9,6 +9,7 @@ pub mod process;
 pub mod prometheus;
 pub mod raw;
 pub mod redis;
+pub mod tls;
 pub mod tokens;
 
 use std::net::SocketAddr;

@@ -40,6 +40,22 @@ pub async fn spawn_hub_with_logs(env: &[(&str, &str)]) -> Running {
 }
 
 async fn spawn(env: &[(&str, &str)], stderr: Stdio) -> Running {
+    let running = launch(env, stderr);
+    let deadline = Instant::now() + super::TIMEOUT;
+    loop {
+        if tokio::net::TcpStream::connect(running.addr).await.is_ok()
+            && running.get("/readyz").await.status == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hub did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running
+}
+
+/// Starts the hub with `env` on a free port, without waiting for it.
+pub fn launch(env: &[(&str, &str)], stderr: Stdio) -> Running {
     let addr = SocketAddr::from(([127, 0, 0, 1], super::private_port()));
     let child = Command::new(BIN)
         .env("AETHER_BIND", addr.to_string())
@@ -50,18 +66,7 @@ async fn spawn(env: &[(&str, &str)], stderr: Stdio) -> Running {
         .stderr(stderr)
         .spawn()
         .expect("start aether-hub");
-    let running = Running { child, addr };
-    let deadline = Instant::now() + super::TIMEOUT;
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && running.get("/readyz").await.status == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "hub did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    running
+    Running { child, addr }
 }
 
 pub fn signal(child: &Child, sig: libc::c_int) {
