@@ -42,6 +42,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
+    args.hubs.check()?;
     let counters = Arc::new(Counters::default());
     let totals = Totals::new();
     let groups: Vec<Arc<GroupState>> = (0..args.groups).map(|_| GroupState::new()).collect();
@@ -51,9 +52,12 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut tasks = Vec::new();
     for i in 0..args.stable {
         let g = i % args.groups;
-        let path = format!("/v3/ws/group/churn-g{g}/client/stable-{i}");
+        let (group, client) = (format!("churn-g{g}"), format!("stable-{i}"));
         // A group's stable subscribers alternate over the hubs.
-        let ws = args.hubs.connect(g + i / args.groups, &path).await?;
+        let ws = args
+            .hubs
+            .connect(g + i / args.groups, &group, &client)
+            .await?;
         tasks.push(tokio::spawn(fanout::subscribe(
             ws,
             false,
@@ -98,10 +102,10 @@ pub async fn run(args: Args) -> Result<(), String> {
                 let g = (seed as usize) % args.groups;
                 let span = args.max_stay_ms.saturating_sub(args.min_stay_ms).max(1);
                 let stay = Duration::from_millis(args.min_stay_ms + (seed >> 16) % span);
-                let path = format!("/v3/ws/group/churn-g{g}/client/churn-{i}");
+                let (group, client) = (format!("churn-g{g}"), format!("churn-{i}"));
                 let connected = {
                     let _permit = permits.acquire().await;
-                    args.hubs.connect(i + round as usize, &path).await
+                    args.hubs.connect(i + round as usize, &group, &client).await
                 };
                 round += 1;
                 let Ok(mut ws) = connected else {

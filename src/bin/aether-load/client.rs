@@ -1,59 +1,223 @@
 //! The load tool's lean WebSocket client: small buffers, an explicit local
-//! source address (so more than one port range of sockets fits), and
-//! loopback-only targets.
+//! source address (so more than one port range of sockets fits),
+//! loopback-only targets, `ws://` or `wss://`, and an identity token per
+//! socket when asked for one.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
+use aether_hub::socket::Socket;
+use rustls::client::Resumption;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::{TlsConnector, TlsStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
-pub type Ws = WebSocketStream<TcpStream>;
+use crate::tokens::Tokens;
 
-/// A hub base URL, `ws://127.0.0.1:8080`, checked to be on loopback.
+pub type Ws = WebSocketStream<Socket>;
+
+/// The longest one socket's TCP connect, TLS handshake and upgrade may take
+/// together: a stalled handshake fails rather than holding the run.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A hub base URL, `ws://127.0.0.1:8080` or `wss://localhost:8443`, checked
+/// to be on loopback.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// `ws://IP:PORT`, or `wss://` and the host as written: what the
+    /// upgrade request's URL (and `Host`) starts with.
+    base: String,
+    /// For `wss://`: the name the hub's certificate must be valid for, the
+    /// host as written (`localhost` a DNS name, an IP an IP address).
+    tls: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.base)
+    }
 }
 
 impl std::str::FromStr for Target {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("{s}: only ws:// URLs are supported"))?;
+        let (tls, rest) = if let Some(rest) = s.strip_prefix("wss://") {
+            (true, rest)
+        } else if let Some(rest) = s.strip_prefix("ws://") {
+            (false, rest)
+        } else {
+            return Err(format!("{s}: only ws:// and wss:// URLs are supported"));
+        };
         let hostport = rest.trim_end_matches('/');
-        let addr: SocketAddr = hostport
-            .replace("localhost", "127.0.0.1")
-            .parse()
-            .map_err(|_| format!("{s}: expected ws://IP:PORT"))?;
+        let expected =
+            || format!("{s}: expected ws://IP:PORT or wss://HOST:PORT (HOST localhost or an IP)");
+        let (addr, name) = match hostport.strip_prefix("localhost:") {
+            Some(port) => {
+                let port: u16 = port.parse().map_err(|_| expected())?;
+                let name = ServerName::try_from("localhost").map_err(|_| expected())?;
+                (SocketAddr::from(([127, 0, 0, 1], port)), name)
+            }
+            None => {
+                let addr: SocketAddr = hostport.parse().map_err(|_| expected())?;
+                (addr, ServerName::from(addr.ip()))
+            }
+        };
         if !addr.ip().is_loopback() {
             return Err(format!("{s}: aether-load only talks to loopback addresses"));
         }
-        Ok(Target { addr })
+        Ok(if tls {
+            Target {
+                addr,
+                base: format!("wss://{hostport}"),
+                tls: Some(name),
+            }
+        } else {
+            Target {
+                addr,
+                base: format!("ws://{addr}"),
+                tls: None,
+            }
+        })
     }
 }
 
-/// The hubs a scenario drives, and the loopback addresses it connects from.
+/// The hubs a scenario drives, the loopback addresses it connects from, and
+/// the credentials it connects with.
 #[derive(clap::Args, Clone)]
 pub struct Hubs {
-    /// Hub URL (repeatable; sockets are spread round-robin over them).
+    /// Hub URL, ws://IP:PORT or wss://HOST:PORT with HOST localhost or a
+    /// loopback IP (repeatable; sockets are spread round-robin over them).
     #[arg(long = "url", required = true)]
     urls: Vec<Target>,
     /// Loopback source addresses to spread sockets over (127.0.0.1 ..), so
     /// more than one port range of sockets fits.
     #[arg(long, default_value_t = 4)]
     sources: usize,
+    /// PEM file of the CA certificate(s) to trust for wss:// URLs (required
+    /// with them). Every socket makes a full handshake (no resumption), as
+    /// distinct clients would.
+    #[arg(long, value_name = "FILE", value_parser = tls_connector)]
+    tls_ca: Option<Tls>,
+    #[command(flatten)]
+    tokens: Tokens,
+}
+
+/// The TLS client side, its configuration built once.
+#[derive(Clone)]
+pub struct Tls(TlsConnector);
+
+/// One socket's upgrade, its token (if any) already signed.
+pub struct Upgrade {
+    target: usize,
+    from: IpAddr,
+    url: String,
+    token: Option<String>,
 }
 
 impl Hubs {
-    /// Connects socket number `i` to `path`: hubs and source addresses
-    /// taken round-robin.
-    pub async fn connect(&self, i: usize, path: &str) -> Result<Ws, String> {
-        let target = &self.urls[i % self.urls.len()];
-        connect(target, source(i, self.sources), path).await
+    /// What the options cannot tell each on its own: a wss:// URL without
+    /// `--tls-ca`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.tls_ca.is_none() {
+            if let Some(t) = self.urls.iter().find(|t| t.tls.is_some()) {
+                return Err(format!("{t}: a wss:// URL needs --tls-ca FILE"));
+            }
+        }
+        Ok(())
     }
+
+    /// Whether sockets carry a token, and which kind (for reports).
+    pub fn token_kind(&self) -> Option<&'static str> {
+        self.tokens.kind()
+    }
+
+    /// Whether any target is `wss://` (for reports).
+    pub fn tls(&self) -> bool {
+        self.urls.iter().any(|t| t.tls.is_some())
+    }
+
+    /// Prepares socket number `i`, client `client` in `group`: its hub and
+    /// source address (round-robin) and its token, signed now.
+    pub fn upgrade(&self, i: usize, group: &str, client: &str) -> Result<Upgrade, String> {
+        let target = i % self.urls.len().max(1);
+        let base = &self.urls.get(target).ok_or("no --url")?.base;
+        Ok(Upgrade {
+            target,
+            from: source(i, self.sources),
+            url: format!("{base}/v3/ws/group/{group}/client/{client}"),
+            token: self.tokens.sign(client, group)?,
+        })
+    }
+
+    /// Opens a prepared socket: TCP connect from its source address, the
+    /// TLS handshake for wss://, then the WebSocket upgrade.
+    pub async fn open(&self, upgrade: Upgrade) -> Result<Ws, String> {
+        let target = self.urls.get(upgrade.target).ok_or("no --url")?;
+        let handshake = async {
+            let request = self.tokens.request(upgrade.url, upgrade.token)?;
+            let stream = tcp(target.addr, upgrade.from).await?;
+            let socket = match &target.tls {
+                None => Socket::Tcp(stream),
+                Some(name) => {
+                    let Tls(tls) = self
+                        .tls_ca
+                        .as_ref()
+                        .ok_or_else(|| format!("{target}: a wss:// URL needs --tls-ca FILE"))?;
+                    let stream = tls
+                        .connect(name.clone(), stream)
+                        .await
+                        .map_err(|e| format!("TLS handshake with {target}: {e}"))?;
+                    Socket::Tls(Box::new(TlsStream::Client(stream)))
+                }
+            };
+            let (ws, _) =
+                tokio_tungstenite::client_async_with_config(request, socket, Some(config()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            Ok(ws)
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| format!("{target}: no WebSocket within {HANDSHAKE_TIMEOUT:?}"))?
+    }
+
+    /// Connects socket number `i`, client `client` in `group`, signing its
+    /// token now.
+    pub async fn connect(&self, i: usize, group: &str, client: &str) -> Result<Ws, String> {
+        let upgrade = self.upgrade(i, group, client)?;
+        self.open(upgrade).await
+    }
+}
+
+/// `--tls-ca FILE`: a client configuration trusting the certificates in
+/// FILE, ALPN `http/1.1`, session resumption off.
+fn tls_connector(path: &str) -> Result<Tls, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| e.to_string())? {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no CERTIFICATE in it".into());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = Resumption::disabled();
+    Ok(Tls(TlsConnector::from(Arc::new(config))))
 }
 
 /// The `i`-th of `n` loopback source addresses: 127.0.0.1, 127.0.0.2, ...
@@ -69,22 +233,18 @@ fn config() -> WebSocketConfig {
         .max_write_buffer_size(1024 * 1024)
 }
 
-/// Connects one socket from `from` to `path` on `target`.
-async fn connect(target: &Target, from: IpAddr, path: &str) -> Result<Ws, String> {
+/// A TCP connection from `from` to `to`.
+async fn tcp(to: SocketAddr, from: IpAddr) -> Result<TcpStream, String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     socket
         .bind(SocketAddr::new(from, 0))
         .map_err(|e| format!("bind {from}: {e}"))?;
     let stream = socket
-        .connect(target.addr)
+        .connect(to)
         .await
-        .map_err(|e| format!("connect {}: {e}", target.addr))?;
+        .map_err(|e| format!("connect {to}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let url = format!("ws://{}{path}", target.addr);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config()))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(ws)
+    Ok(stream)
 }
 
 /// VmRSS of a process, in KiB.
@@ -115,5 +275,31 @@ pub fn ticks_per_second() -> f64 {
         ticks as f64
     } else {
         100.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn targets_are_loopback_ws_or_wss() {
+        let t: Target = "ws://localhost:8080/".parse().unwrap();
+        assert_eq!(t.to_string(), "ws://127.0.0.1:8080");
+        assert!(t.tls.is_none());
+        let t: Target = "wss://localhost:8443".parse().unwrap();
+        assert_eq!(t.to_string(), "wss://localhost:8443");
+        assert!(matches!(
+            t.tls,
+            Some(rustls_pki_types::ServerName::DnsName(_))
+        ));
+        let t: Target = "wss://127.0.0.2:8443".parse().unwrap();
+        assert!(matches!(
+            t.tls,
+            Some(rustls_pki_types::ServerName::IpAddress(_))
+        ));
+        assert!("wss://10.0.0.1:8443".parse::<Target>().is_err());
+        assert!("wss://example.com:8443".parse::<Target>().is_err());
+        assert!("http://127.0.0.1:8080".parse::<Target>().is_err());
     }
 }

@@ -38,6 +38,25 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
+    args.hubs.check()?;
+    let hubs = Arc::new(args.hubs.clone());
+    // Every socket's token is signed before the clock starts: signing is
+    // the client's cost, not the hub's, and ES256 signing would otherwise
+    // weigh on the measured rate.
+    let signing = Instant::now();
+    let mut upgrades = Vec::with_capacity(args.sockets);
+    for i in 0..args.sockets {
+        let group = format!("load-g{}", i % args.groups.max(1));
+        upgrades.push(hubs.upgrade(i, &group, &format!("load-c{i}"))?);
+    }
+    if let Some(kind) = hubs.token_kind() {
+        eprintln!(
+            "signed {} {kind} tokens in {:.2} s (not counted)",
+            args.sockets,
+            signing.elapsed().as_secs_f64()
+        );
+    }
+
     let rss_before = args.server_pid.and_then(client::rss_kib);
     let established = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -46,21 +65,16 @@ pub async fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.timeout);
 
-    let hubs = Arc::new(args.hubs.clone());
     let mut holders = Vec::with_capacity(args.sockets);
-    for i in 0..args.sockets {
+    for (i, upgrade) in upgrades.into_iter().enumerate() {
         let permit = tokio::time::timeout_at(deadline.into(), permits.clone().acquire_owned())
             .await
             .map_err(|_| "timed out opening sockets".to_string())?
             .map_err(|e| e.to_string())?;
         let hubs = hubs.clone();
-        let path = format!(
-            "/v3/ws/group/load-g{}/client/load-c{i}",
-            i % args.groups.max(1)
-        );
         let (ok, bad, stop) = (established.clone(), failed.clone(), stop.clone());
         holders.push(tokio::spawn(async move {
-            let ws = hubs.connect(i, &path).await;
+            let ws = hubs.open(upgrade).await;
             match ws {
                 Ok(ws) => {
                     ok.fetch_add(1, Ordering::Relaxed);
@@ -133,6 +147,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         "hub_rss_after_kib": rss_after,
         "hub_rss_per_socket_bytes": per_socket,
         "hub_idle_cpu_percent": idle_cpu,
+        "token": hubs.token_kind(),
+        "tls": hubs.tls(),
     });
     println!("{summary}");
     Ok(())

@@ -124,6 +124,7 @@ pub struct Pace {
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
+    args.hubs.check()?;
     let counters = Arc::new(Counters::default());
     let totals = Totals::new();
     let groups: Vec<Arc<GroupState>> = (0..args.groups).map(|_| GroupState::new()).collect();
@@ -139,11 +140,13 @@ pub async fn run(args: Args) -> Result<(), String> {
         let (hubs, permits) = (hubs.clone(), permits.clone());
         connecting.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let path = format!("/v3/ws/group/fan-g{g}/client/sub-{g}-{n}");
+            let (group, client) = (format!("fan-g{g}"), format!("sub-{g}-{n}"));
             // A group's subscribers alternate over the hubs (not i, which
             // would put a whole group on one hub when the group count is
             // even): with two hubs every message crosses between them.
-            hubs.connect(g + n, &path).await.map(|ws| (g, n, ws))
+            hubs.connect(g + n, &group, &client)
+                .await
+                .map(|ws| (g, n, ws))
         }));
     }
     for c in connecting {
@@ -284,8 +287,8 @@ pub async fn start_publishers(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let mut publishers = Vec::with_capacity(groups.len());
     for (g, group) in groups.iter().enumerate() {
-        let path = format!("/v3/ws/group/{prefix}{g}/client/pub-{g}");
-        let ws = hubs.connect(g, &path).await?;
+        let (name, client) = (format!("{prefix}{g}"), format!("pub-{g}"));
+        let ws = hubs.connect(g, &name, &client).await?;
         let pace = Pace {
             phase: g as f64 / groups.len() as f64,
             ..pace

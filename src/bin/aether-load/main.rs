@@ -3,13 +3,18 @@
 //! second, a human summary, and one JSON object as its last line.
 //!
 //! Scenarios live one per module; this file only parses the command line.
+//! Every scenario can give each socket an identity token (`--token-secret`
+//! or `--token-key`, see `tokens`) and reach hubs over `wss://`
+//! (`--tls-ca`); `keys` makes an ES256 key pair for that.
 
 mod churn;
 mod client;
 mod connect;
 mod fanout;
+mod keys;
 mod rtt;
 mod stats;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -38,6 +43,9 @@ enum Scenario {
     /// Subscribers leaving and rejoining beside a stable set that must
     /// lose nothing.
     Churn(churn::Args),
+    /// Write a fresh P-256 key (es256.pem, for --token-key) and its JWKS
+    /// (jwks.json, for the hub's AETHER_TOKEN_JWKS_FILE) into a directory.
+    Keys(keys::Args),
 }
 
 #[tokio::main]
@@ -49,6 +57,7 @@ async fn main() -> ExitCode {
         Scenario::Fanout(args) => fanout::run(args).await,
         Scenario::Rtt(args) => rtt::run(args).await,
         Scenario::Churn(args) => churn::run(args).await,
+        Scenario::Keys(args) => keys::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

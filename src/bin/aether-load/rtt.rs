@@ -22,6 +22,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
+    args.hubs.check()?;
     let counters = Arc::new(Counters::default());
     let latency = stats::Latencies::new();
     let measure_from = Arc::new(AtomicU64::new(u64::MAX));
@@ -29,11 +30,15 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut tasks = Vec::new();
     for p in 0..args.pairs {
         let group = format!("rtt-g{p}");
-        let a_path = format!("/v3/ws/group/{group}/client/rtt-a{p}");
-        let b_path = format!("/v3/ws/group/{group}/client/rtt-b{p}");
         // The two ends of a pair go to different hubs when there are two.
-        let b = args.hubs.connect(2 * p + 1, &b_path).await?;
-        let a = args.hubs.connect(2 * p, &a_path).await?;
+        let b = args
+            .hubs
+            .connect(2 * p + 1, &group, &format!("rtt-b{p}"))
+            .await?;
+        let a = args
+            .hubs
+            .connect(2 * p, &group, &format!("rtt-a{p}"))
+            .await?;
         tasks.push(tokio::spawn(echo_back(b, format!("rtt-a{p}"))));
         tasks.push(tokio::spawn(ping(
             a,
