@@ -48,18 +48,19 @@ async fn the_protocol_runs_over_wss_and_the_http_api_over_https() {
     let hub = tls_hub(&files, |c| c.token_secrets = vec![key.clone()]).await;
 
     // A token in the subprotocol, as a browser sends it, over TLS.
-    let token = hs256(&key, &claims("planner", json!("line-3")));
-    let offer = format!("aether.v3, aether.token.{token}");
-    let path = "/v3/ws/group/line-3/client/planner";
-    let mut controller = tls::connect(hub.addr, path, &ca, &[("Sec-WebSocket-Protocol", &offer)])
-        .await
-        .expect("controller over wss");
-    let token = hs256(&key, &claims("robot-1", json!("line-3")));
-    let offer = format!("aether.v3, aether.token.{token}");
-    let path = "/v3/ws/group/line-3/client/robot-1";
-    let mut worker = tls::connect(hub.addr, path, &ca, &[("Sec-WebSocket-Protocol", &offer)])
-        .await
-        .expect("worker over wss");
+    let connect = |client: &'static str| {
+        let token = hs256(&key, &claims(client, json!("line-3")));
+        let offer = format!("aether.v3, aether.token.{token}");
+        let path = format!("/v3/ws/group/line-3/client/{client}");
+        let ca = &ca;
+        async move {
+            tls::connect(hub.addr, &path, ca, &[("Sec-WebSocket-Protocol", &offer)])
+                .await
+                .unwrap_or_else(|e| panic!("{client} over wss: {e}"))
+        }
+    };
+    let mut controller = connect("planner").await;
+    let mut worker = connect("robot-1").await;
     assert_eq!(controller.recv().await["payload"]["event"], "join");
 
     controller
