@@ -91,6 +91,16 @@ pub struct Config {
     #[arg(long, env = "AETHER_MAX_SOCKETS_PER_CLIENT", default_value_t = 16)]
     pub max_sockets_per_client: u32,
 
+    /// Kept `msg`/`cmd` messages per route, for recovery on reconnect and
+    /// gap repair (PROTOCOL.md section 9); 0 turns history off.
+    #[arg(long, env = "AETHER_HISTORY_SIZE", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub history_size: u32,
+
+    /// Seconds a kept message stays in history at most.
+    #[arg(long, env = "AETHER_HISTORY_TTL_SECS", default_value = "300", value_parser = seconds)]
+    pub history_ttl: Duration,
+
     /// Whether clients may send `broadcast` messages.
     #[arg(long, env = "AETHER_ALLOW_CLIENT_BROADCAST", default_value_t = true, action = clap::ArgAction::Set)]
     pub allow_client_broadcast: bool,
@@ -163,6 +173,7 @@ pub struct Limits {
     /// 0: no limit.
     pub max_sockets_per_client: usize,
     pub max_connections: usize,
+    pub history: crate::history::Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +262,10 @@ impl Config {
             max_connections: self
                 .max_connections
                 .map_or_else(crate::fdlimit::default_max_connections, |n| n as usize),
+            history: crate::history::Retention {
+                size: self.history_size as usize,
+                ttl: self.history_ttl,
+            },
         }
     }
 }
@@ -308,6 +323,8 @@ mod tests {
         assert!(c.api_keys.is_empty());
         assert!(c.redis_url.is_none());
         assert!(c.instance_id.starts_with("hub-"));
+        assert_eq!(c.history_size, 100);
+        assert_eq!(c.history_ttl, Duration::from_secs(300));
     }
 
     #[test]

@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{Broker, BrokerError, MemoryBroker};
+use crate::broker::{Broker, BrokerError, Keep, MemoryBroker, Receipt};
 use crate::channels::Route;
 use crate::config::Limits;
+use crate::history::{Recovery, Resume, Resumed};
 use crate::metrics::{self, DropReason};
 use crate::outbox::{Kick, Outbox};
 use crate::presence::{MemoryPresence, Presence, PresenceError};
@@ -64,7 +65,7 @@ impl Hub {
     /// A single-instance hub: in-memory routing and presence.
     pub fn in_memory(limits: Limits) -> Arc<Hub> {
         let router = Arc::new(Router::new());
-        let broker = Arc::new(MemoryBroker::new(Arc::clone(&router)));
+        let broker = Arc::new(MemoryBroker::new(Arc::clone(&router), limits.history));
         Hub::new(router, broker, Arc::new(MemoryPresence::new()), limits)
     }
 
@@ -141,13 +142,15 @@ impl Hub {
 
     /// Joins a new socket of `client` in `group` to its three routes and
     /// to presence. Resolves once the routes are live, so anything
-    /// published after this returns reaches the socket.
+    /// published after this returns reaches the socket; with `resume`, also
+    /// what the socket must be sent before its live messages.
     pub async fn connect(
         self: &Arc<Self>,
         group: VisionId,
         client: VisionId,
         slot: Slot,
-    ) -> Result<(Membership, mpsc::Receiver<Encoded>), ConnectError> {
+        resume: &Resume,
+    ) -> Result<Connected, ConnectError> {
         if self.shutdown.is_cancelled() {
             return Err(ConnectError::ShuttingDown);
         }
@@ -175,27 +178,74 @@ impl Hub {
             _slot: slot,
         };
         self.broker.live(&routes).await?;
+        // Read only now that the routes are live: whatever history does not
+        // hold yet is in the socket's queue.
+        let resumed = match resume.is_empty() {
+            true => None,
+            false => Some(self.recover(&member.group, &member.client, resume).await?),
+        };
         if self.presence.join(&member.group, &member.client).await? {
             self.announce(PresenceEvent::Join, &member.group, &member.client);
         }
         member.present = true;
-        Ok((member, rx))
+        Ok(Connected {
+            member,
+            rx,
+            resumed,
+        })
     }
 
-    /// Sends a validated message along its route.
+    async fn recover(
+        &self,
+        group: &VisionId,
+        client: &VisionId,
+        resume: &Resume,
+    ) -> Result<Resumed, BrokerError> {
+        let mut answers = Vec::new();
+        for (kind, since) in resume.iter() {
+            let recovery = match self.limits.history.is_on() {
+                true => {
+                    self.broker
+                        .recover(&kind.route(group, client), since)
+                        .await?
+                }
+                false => Recovery::off(),
+            };
+            answers.push((*kind, recovery));
+        }
+        Ok(Resumed::assemble(group, client, answers))
+    }
+
+    /// Sends a validated message along its route (kept in history).
     pub fn publish(&self, msg: &Message<'_>) -> Result<(), BrokerError> {
+        self.publish_kept(msg, Keep::Yes).map(|_| ())
+    }
+
+    /// Like [`Hub::publish`], with a receipt of the message's position when
+    /// history keeps it.
+    pub fn publish_kept(
+        &self,
+        msg: &Message<'_>,
+        keep: Keep,
+    ) -> Result<Option<Receipt>, BrokerError> {
         let Some(route) = route_of(msg) else {
-            return Ok(());
+            return Ok(None);
         };
-        self.send(&route, msg.encode(), &msg.from_id)
+        self.send(&route, msg.encode(), &msg.from_id, keep)
     }
 
     pub async fn members(&self, group: &VisionId) -> Result<Vec<String>, PresenceError> {
         self.presence.members(group).await
     }
 
-    fn send(&self, route: &Route, msg: Encoded, sender: &str) -> Result<(), BrokerError> {
-        let sent = self.broker.publish(route, msg, sender);
+    fn send(
+        &self,
+        route: &Route,
+        msg: Encoded,
+        sender: &str,
+        keep: Keep,
+    ) -> Result<Option<Receipt>, BrokerError> {
+        let sent = self.broker.publish(route, msg, sender, keep);
         if sent.is_err() {
             metrics::dropped(DropReason::BrokerUnavailable, 1);
         }
@@ -204,7 +254,8 @@ impl Hub {
 
     fn announce(&self, event: PresenceEvent, group: &VisionId, client: &VisionId) {
         let msg = protocol::presence_event(event, group, client);
-        if let Err(e) = self.send(&Route::Group(group.clone()), msg, client.as_str()) {
+        let group_route = Route::Group(group.clone());
+        if let Err(e) = self.send(&group_route, msg, client.as_str(), Keep::No) {
             tracing::warn!(%group, %client, ?event, "presence event not sent: {e}");
         }
     }
@@ -220,6 +271,14 @@ fn route_of(msg: &Message<'_>) -> Option<Route> {
         Target::Broadcast => Some(Route::Broadcast),
         Target::Echo => None,
     }
+}
+
+/// A socket that joined: its place, its queue, and what to send it first
+/// when it resumed.
+pub struct Connected {
+    pub member: Membership,
+    pub rx: mpsc::Receiver<Encoded>,
+    pub resumed: Option<Resumed>,
 }
 
 /// One connected socket's place in the hub; dropping it leaves.
@@ -294,7 +353,11 @@ mod tests {
         limits.max_connections = 2;
         let hub = Hub::in_memory(limits);
         let first = hub.reserve().unwrap();
-        let (member, _rx) = hub.connect(id("g"), id("a"), slot(&hub)).await.unwrap();
+        let member = hub
+            .connect(id("g"), id("a"), slot(&hub), &Resume::default())
+            .await
+            .unwrap()
+            .member;
         assert!(hub.reserve().is_none(), "full with two taken");
         drop(first);
         let third = hub.reserve().expect("a slot came back");
@@ -314,8 +377,21 @@ mod tests {
     }
 
     impl Broker for Recording {
-        fn publish(&self, route: &Route, msg: Encoded, sender: &str) -> Result<(), BrokerError> {
-            self.inner.publish(route, msg, sender)
+        fn publish(
+            &self,
+            route: &Route,
+            msg: Encoded,
+            sender: &str,
+            keep: Keep,
+        ) -> Result<Option<Receipt>, BrokerError> {
+            self.inner.publish(route, msg, sender, keep)
+        }
+        fn recover<'a>(
+            &'a self,
+            route: &'a Route,
+            since: &'a crate::history::Since,
+        ) -> BoxFuture<'a, Result<Recovery, BrokerError>> {
+            self.inner.recover(route, since)
         }
         fn subscribe(&self, routes: &[Route]) {
             let mut calls = self.calls.lock().unwrap();
@@ -337,7 +413,7 @@ mod tests {
     async fn the_broker_hears_of_first_joins_and_last_leaves_only() {
         let router = Arc::new(Router::new());
         let broker = Arc::new(Recording {
-            inner: MemoryBroker::new(Arc::clone(&router)),
+            inner: MemoryBroker::new(Arc::clone(&router), Config::for_tests().limits().history),
             calls: Mutex::new(Vec::new()),
         });
         let presence = Arc::new(MemoryPresence::new());
@@ -348,9 +424,21 @@ mod tests {
             Config::for_tests().limits(),
         );
 
-        let (a, _a_rx) = hub.connect(id("g"), id("a"), slot(&hub)).await.unwrap();
-        let (b, _b_rx) = hub.connect(id("g"), id("b"), slot(&hub)).await.unwrap();
-        let (a2, _a2_rx) = hub.connect(id("g"), id("a"), slot(&hub)).await.unwrap();
+        let a = hub
+            .connect(id("g"), id("a"), slot(&hub), &Resume::default())
+            .await
+            .unwrap()
+            .member;
+        let b = hub
+            .connect(id("g"), id("b"), slot(&hub), &Resume::default())
+            .await
+            .unwrap()
+            .member;
+        let a2 = hub
+            .connect(id("g"), id("a"), slot(&hub), &Resume::default())
+            .await
+            .unwrap()
+            .member;
         drop(a);
         drop(b);
         drop(a2);
@@ -383,8 +471,16 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_session_leaves_and_the_hub_goes_on() {
         let hub = Hub::in_memory(Config::for_tests().limits());
-        let (alice, _alice_rx) = hub.connect(id("g"), id("alice"), slot(&hub)).await.unwrap();
-        let (_bob, mut bob_rx) = hub.connect(id("g"), id("bob"), slot(&hub)).await.unwrap();
+        let alice = hub
+            .connect(id("g"), id("alice"), slot(&hub), &Resume::default())
+            .await
+            .unwrap()
+            .member;
+        let bob = hub
+            .connect(id("g"), id("bob"), slot(&hub), &Resume::default())
+            .await
+            .unwrap();
+        let (_bob, mut bob_rx) = (bob.member, bob.rx);
         let crashed = tokio::spawn(async move {
             let _alice = alice;
             panic!("a bug in a session");
@@ -404,7 +500,11 @@ mod tests {
         );
         assert_eq!(hub.members(&id("g")).await.unwrap(), ["bob"]);
 
-        let (_carol, _carol_rx) = hub.connect(id("g"), id("carol"), slot(&hub)).await.unwrap();
+        let _carol = hub
+            .connect(id("g"), id("carol"), slot(&hub), &Resume::default())
+            .await
+            .unwrap()
+            .member;
         let join = bob_rx.recv().await.expect("bob's queue is open");
         assert_eq!(
             payload(join),

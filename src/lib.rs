@@ -13,6 +13,7 @@ pub mod channels;
 pub mod close;
 pub mod config;
 pub mod fdlimit;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -19,6 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::{Access, Caps};
 use crate::close::Disconnect;
 use crate::config::Limits;
+use crate::history::Resumed;
 use crate::hub::Membership;
 use crate::metrics::{self, DropReason};
 use crate::outbox::Kick;
@@ -87,6 +88,11 @@ pub struct Session<S> {
     /// A batch the socket has not taken whole yet (only ever set while a
     /// write waits, or after a kick interrupted one).
     unsent: Option<Batch>,
+    /// After a recovery: the replay and summary, written before anything
+    /// else, then the live messages the replay already carried, dropped
+    /// until each route moves past them (then `None`: no cost per message,
+    /// and one pointer on every socket).
+    resumed: Option<Box<Resumed>>,
 }
 
 impl<S> Session<S>
@@ -98,6 +104,7 @@ where
         member: Membership,
         rx: mpsc::Receiver<Encoded>,
         rights: Rights,
+        resumed: Option<Resumed>,
     ) -> Self {
         let now = Instant::now();
         Session {
@@ -110,6 +117,7 @@ where
             last_ping: now,
             member,
             unsent: None,
+            resumed: resumed.map(Box::new),
         }
     }
 
@@ -144,6 +152,15 @@ where
     }
 
     async fn serve(&mut self) -> Disconnect {
+        if let Some(resumed) = &mut self.resumed {
+            let first = std::mem::take(&mut resumed.batch);
+            if resumed.dedup.is_done() {
+                self.resumed = None;
+            }
+            if let Err(end) = Box::pin(self.write_first(first)).await {
+                return end;
+            }
+        }
         let every = tick_period(self.limits());
         let mut tick = Box::pin(tokio::time::sleep_until(self.next_tick(every)));
         loop {
@@ -264,12 +281,39 @@ where
     /// Writes `first` and whatever else is queued, as one batch.
     async fn write(&mut self, first: Encoded) -> Result<(), Disconnect> {
         let mut batch = Batch::default();
-        batch.push(first.as_str());
+        self.push(&mut batch, &first);
         for _ in 0..MAX_BATCH {
             match self.rx.try_recv() {
-                Ok(msg) => batch.push(msg.as_str()),
+                Ok(msg) => self.push(&mut batch, &msg),
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.unsent = Some(batch);
+        self.drain_unsent().await
+    }
+
+    /// Adds a live message to `batch`, unless a replay already carried it.
+    fn push(&mut self, batch: &mut Batch, msg: &Encoded) {
+        if let Some(resumed) = &mut self.resumed {
+            let replayed = resumed.dedup.replayed(msg.as_str());
+            if resumed.dedup.is_done() {
+                self.resumed = None;
+            }
+            if replayed {
+                return;
+            }
+        }
+        batch.push(msg.as_str());
+    }
+
+    /// Writes a recovery's replay and summary, before any live message.
+    async fn write_first(&mut self, first: Vec<Encoded>) -> Result<(), Disconnect> {
+        let mut batch = Batch::default();
+        for msg in &first {
+            batch.push(msg.as_str());
         }
         self.unsent = Some(batch);
         self.drain_unsent().await

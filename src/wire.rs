@@ -21,6 +21,10 @@ pub struct Batch {
 }
 
 impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Appends one text frame holding `text`.
     pub fn push(&mut self, text: &str) {
         let len = text.len();

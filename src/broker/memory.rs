@@ -1,26 +1,84 @@
-//! The in-memory broker: one instance, where publishing is dispatching.
+//! The in-memory broker: one instance, where publishing is dispatching,
+//! and history is a ring per route in this process.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{BoxFuture, Broker, BrokerError};
+use tokio::sync::oneshot;
+
+use super::{BoxFuture, Broker, BrokerError, Keep, Receipt};
 use crate::channels::Route;
+use crate::history::memory::MemoryHistory;
+use crate::history::{Recovery, Retention, Since};
 use crate::protocol::Encoded;
 use crate::router::Router;
 
 pub struct MemoryBroker {
     router: Arc<Router>,
+    /// `None` with history off.
+    history: Option<MemoryHistory>,
+    /// Kept messages since the last sweep of expired history.
+    since_sweep: AtomicU64,
 }
 
+/// Kept messages between two sweeps of expired history.
+const SWEEP_EVERY: u64 = 64 * 1024;
+
 impl MemoryBroker {
-    pub fn new(router: Arc<Router>) -> Self {
-        MemoryBroker { router }
+    pub fn new(router: Arc<Router>, retention: Retention) -> Self {
+        MemoryBroker {
+            router,
+            history: retention.is_on().then(|| MemoryHistory::new(retention)),
+            since_sweep: AtomicU64::new(0),
+        }
+    }
+
+    /// Numbers, keeps and dispatches a message; sweeps now and then, so
+    /// history stays bounded without a task of its own.
+    fn keep(&self, history: &MemoryHistory, route: &Route, msg: &Encoded, sender: &str) -> Receipt {
+        if self.since_sweep.fetch_add(1, Ordering::Relaxed) >= SWEEP_EVERY {
+            self.since_sweep.store(0, Ordering::Relaxed);
+            history.sweep();
+        }
+        let position = history.append(route, msg.as_str(), sender, |numbered| {
+            self.router.dispatch(route, numbered, sender);
+        });
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(position);
+        rx
     }
 }
 
 impl Broker for MemoryBroker {
-    fn publish(&self, route: &Route, msg: Encoded, sender: &str) -> Result<(), BrokerError> {
-        self.router.dispatch(route, &msg, sender);
-        Ok(())
+    fn publish(
+        &self,
+        route: &Route,
+        msg: Encoded,
+        sender: &str,
+        keep: Keep,
+    ) -> Result<Option<Receipt>, BrokerError> {
+        match (&self.history, keep) {
+            (Some(history), Keep::Yes | Keep::WithReceipt) => {
+                let receipt = self.keep(history, route, &msg, sender);
+                Ok((keep == Keep::WithReceipt).then_some(receipt))
+            }
+            _ => {
+                self.router.dispatch(route, &msg, sender);
+                Ok(None)
+            }
+        }
+    }
+
+    fn recover<'a>(
+        &'a self,
+        route: &'a Route,
+        since: &'a Since,
+    ) -> BoxFuture<'a, Result<Recovery, BrokerError>> {
+        let recovery = match &self.history {
+            Some(history) => history.recover(route, since),
+            None => Recovery::off(),
+        };
+        Box::pin(std::future::ready(Ok(recovery)))
     }
 
     // The router's own table is the subscription: nothing else to tell.

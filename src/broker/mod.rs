@@ -16,7 +16,10 @@ use std::pin::Pin;
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 
+use tokio::sync::oneshot;
+
 use crate::channels::Route;
+use crate::history::{Position, Recovery, Since};
 use crate::protocol::Encoded;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -27,10 +30,37 @@ pub enum BrokerError {
     Unavailable,
 }
 
+/// Whether a published message is kept in history (PROTOCOL.md section
+/// 9): numbered, stored, and delivered with its `offset` and `epoch`.
+/// With history off, `Yes` is `No`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    No,
+    Yes,
+    /// Kept, and the caller wants to know its position.
+    WithReceipt,
+}
+
+/// Where a kept message was numbered, once it is.
+pub type Receipt = oneshot::Receiver<Position>;
+
 pub trait Broker: Send + Sync + 'static {
     /// Sends `msg` to every socket on `route`, on every instance. Never
     /// waits: a message that cannot be sent now fails now.
-    fn publish(&self, route: &Route, msg: Encoded, sender: &str) -> Result<(), BrokerError>;
+    fn publish(
+        &self,
+        route: &Route,
+        msg: Encoded,
+        sender: &str,
+        keep: Keep,
+    ) -> Result<Option<Receipt>, BrokerError>;
+
+    /// The kept messages of `route` after `since`, and its position.
+    fn recover<'a>(
+        &'a self,
+        route: &'a Route,
+        since: &'a Since,
+    ) -> BoxFuture<'a, Result<Recovery, BrokerError>>;
 
     /// These routes now have a local subscriber.
     fn subscribe(&self, routes: &[Route]);

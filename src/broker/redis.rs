@@ -24,8 +24,9 @@ use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::{BoxFuture, Broker, BrokerError};
+use super::{BoxFuture, Broker, BrokerError, Keep, Receipt};
 use crate::channels::{Names, Route};
+use crate::history::{Recovery, Since};
 use crate::metrics::{self, DropReason};
 use crate::protocol::{self, Encoded};
 use crate::redis_link::{RedisLink, TIMEOUT};
@@ -106,13 +107,28 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
-    fn publish(&self, route: &Route, msg: Encoded, _sender: &str) -> Result<(), BrokerError> {
+    fn publish(
+        &self,
+        route: &Route,
+        msg: Encoded,
+        _sender: &str,
+        _keep: Keep,
+    ) -> Result<Option<Receipt>, BrokerError> {
         if !self.link.is_up() {
             return Err(BrokerError::Unavailable);
         }
         self.outgoing
             .try_send((self.names.channel(route), msg))
-            .map_err(|_| BrokerError::Unavailable)
+            .map_err(|_| BrokerError::Unavailable)?;
+        Ok(None)
+    }
+
+    fn recover<'a>(
+        &'a self,
+        _route: &'a Route,
+        _since: &'a Since,
+    ) -> BoxFuture<'a, Result<Recovery, BrokerError>> {
+        Box::pin(std::future::ready(Ok(Recovery::off())))
     }
 
     fn subscribe(&self, routes: &[Route]) {

@@ -18,6 +18,7 @@ use warp::Filter;
 
 use crate::auth::{Access, Auth, Credentials, Surface};
 pub use crate::auth::{API_KEY_HEADER, API_KEY_PARAM};
+use crate::broker::{BrokerError, Keep};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::protocol::{self, Origin, VisionId};
@@ -33,6 +34,9 @@ pub struct Api {
 }
 
 type Query = HashMap<String, String>;
+
+/// How long `POST /v3/publish` waits for a kept message's position.
+const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Api {
     pub fn new(
@@ -109,8 +113,9 @@ impl Api {
             .and(warp::body::content_length_limit(max))
             .and(warp::body::bytes())
             .and(api)
-            .map(|headers, query, body, api: Arc<Api>| {
+            .then(|headers, query, body, api: Arc<Api>| async move {
                 api.publish(headers, query, body)
+                    .await
                     .unwrap_or_else(Refusal::json)
             });
 
@@ -170,7 +175,7 @@ impl Api {
 
     /// `POST /v3/publish`: a key, or a token that could send the message
     /// from a socket of its `from_id`.
-    fn publish(
+    async fn publish(
         &self,
         headers: HeaderMap,
         query: Query,
@@ -182,10 +187,24 @@ impl Api {
         let msg = protocol::parse(text, Origin::Service)
             .map_err(|e| Refusal::bad_request(e.to_string()))?;
         access.admits_publish(&msg)?;
-        self.hub
-            .publish(&msg)
-            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        let body = serde_json::json!({ "status": "accepted" });
+        let unavailable =
+            |e: BrokerError| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        let receipt = self
+            .hub
+            .publish_kept(&msg, Keep::WithReceipt)
+            .map_err(unavailable)?;
+        let mut body = serde_json::json!({ "status": "accepted" });
+        if let Some(receipt) = receipt {
+            // Numbered in Redis within a command's timeout, or not at all.
+            let numbered = tokio::time::timeout(RECEIPT_TIMEOUT, receipt).await;
+            let position = numbered
+                .ok()
+                .and_then(Result::ok)
+                .ok_or(BrokerError::Unavailable)
+                .map_err(unavailable)?;
+            body["offset"] = position.offset.into();
+            body["epoch"] = position.epoch.as_str().into();
+        }
         Ok(
             warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED)
                 .into_response(),

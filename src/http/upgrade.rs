@@ -27,6 +27,7 @@ use warp::reply::{Reply, Response};
 use super::refusal::{Refusal, FULL};
 use super::Api;
 use crate::auth::{self, Credentials, Surface};
+use crate::history::Resume;
 use crate::protocol::VisionId;
 use crate::session::{self, Rights};
 use crate::socket::Socket;
@@ -72,12 +73,15 @@ impl Api {
         let bad = |what, e| Refusal::bad_request(format!("{what} {e}"));
         let group = VisionId::parse(&path.group).map_err(|e| bad("group_id", e))?;
         let client = VisionId::parse(&path.client).map_err(|e| bad("client_id", e))?;
+        let resume = Resume::from_query(&query).map_err(|e| Refusal::bad_request(e.to_string()))?;
         access.admits(group.as_str(), client.as_str())?;
         let key = websocket_key(&headers)?;
         let on_upgrade =
             on_upgrade.ok_or_else(|| Refusal::bad_request("connection cannot be upgraded"))?;
 
-        let (member, rx) = self.hub.connect(group, client, slot).await?;
+        let connected = self.hub.connect(group, client, slot, &resume).await?;
+        let (member, rx) = (connected.member, connected.rx);
+        let resumed = connected.resumed;
         let rights = Rights::of(&access);
         let config = session::websocket_config(self.hub.limits());
         let hub = Arc::clone(&self.hub);
@@ -90,7 +94,7 @@ impl Api {
                     // The session gets a task of its own, built from owned
                     // parts: a future that also held this block's moved-from
                     // locals would cost every idle socket hundreds of bytes.
-                    hub.spawn(session::Session::new(ws, member, rx, rights).run());
+                    hub.spawn(session::Session::new(ws, member, rx, rights, resumed).run());
                 }
                 Err(e) => {
                     tracing::debug!("upgrade failed: {e}");

@@ -287,7 +287,7 @@ impl Message<'_> {
     pub fn encode(&self) -> Encoded {
         encode(&Outgoing {
             version: VERSION,
-            msg_type: self.msg_type,
+            msg_type: self.msg_type.as_str(),
             target: self.target,
             from_id: &self.from_id,
             to_id: self.to_id.as_deref(),
@@ -304,7 +304,7 @@ impl Message<'_> {
 #[derive(Serialize)]
 struct Outgoing<'a> {
     version: &'static str,
-    msg_type: MsgType,
+    msg_type: &'static str,
     target: Target,
     from_id: &'a str,
     to_id: Option<&'a str>,
@@ -321,9 +321,10 @@ fn encode(out: &Outgoing<'_>) -> Encoded {
     Encoded::from_text(text)
 }
 
-/// A message the hub itself writes (replies and presence events).
+/// A message the hub itself writes (replies, presence events, recovery
+/// summaries).
 fn hub_message(
-    msg_type: MsgType,
+    msg_type: &'static str,
     target: Target,
     from_id: &str,
     group_id: Option<&str>,
@@ -349,7 +350,7 @@ fn hub_message(
 pub fn heartbeat_reply(client: &VisionId) -> Encoded {
     let payload = serde_json::json!({ "server_time": now_rfc3339() });
     hub_message(
-        MsgType::Heartbeat,
+        MsgType::Heartbeat.as_str(),
         Target::Echo,
         client.as_str(),
         None,
@@ -361,7 +362,7 @@ pub fn heartbeat_reply(client: &VisionId) -> Encoded {
 pub fn presence_reply(client: &VisionId, group: &VisionId, members: &[String]) -> Encoded {
     let payload = serde_json::json!({ "members": members });
     hub_message(
-        MsgType::Presence,
+        MsgType::Presence.as_str(),
         Target::Echo,
         client.as_str(),
         Some(group.as_str()),
@@ -383,11 +384,27 @@ pub fn presence_event(event: PresenceEvent, group: &VisionId, client: &VisionId)
     };
     let payload = serde_json::json!({ "event": event, "client_id": client.as_str() });
     hub_message(
-        MsgType::Presence,
+        MsgType::Presence.as_str(),
         Target::Group,
         client.as_str(),
         Some(group.as_str()),
         payload,
+    )
+}
+
+/// The summary that ends a socket's recovery (PROTOCOL.md section 9):
+/// `routes` maps each route kind asked for to its outcome.
+pub fn recovery_summary(
+    client: &VisionId,
+    group: &VisionId,
+    routes: serde_json::Map<String, serde_json::Value>,
+) -> Encoded {
+    hub_message(
+        "recovery",
+        Target::Echo,
+        client.as_str(),
+        Some(group.as_str()),
+        serde_json::Value::Object(routes),
     )
 }
 

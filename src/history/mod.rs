@@ -1,0 +1,366 @@
+//! History and recovery (PROTOCOL.md section 9): what a route's kept
+//! messages are called and how a reconnecting socket names where it left
+//! off.
+//!
+//! A kept message (`msg` or `cmd` routed through the hub) gets an `offset`
+//! (1, 2, 3, … per route) and the route's `epoch`, spliced onto the end of
+//! its encoded text by [`number`], so numbering never re-encodes the
+//! message. The broker decides the numbers: in memory under the route's own
+//! lock ([`memory::MemoryHistory`]), in Redis in one server-side script, so
+//! every instance sees one order.
+//!
+//! A socket asks to resume with `since_client`, `since_group` and
+//! `since_broadcast` ([`Resume`]); the broker answers each with a
+//! [`Recovery`]: the kept messages after that position, or word that some
+//! are gone. The session then writes the replay and the summary before any
+//! live message of those routes, dropping live messages the replay already
+//! carried ([`Dedup`]).
+
+pub mod memory;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::channels::Route;
+use crate::protocol::{Encoded, VisionId};
+
+/// How much history each route keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Kept messages per route; 0 turns history off.
+    pub size: usize,
+    /// No kept message is older than this.
+    pub ttl: Duration,
+}
+
+impl Retention {
+    pub fn is_on(&self) -> bool {
+        self.size > 0
+    }
+}
+
+/// How long a route's epoch and counter outlive its last kept message.
+pub const POSITION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// One lifetime of a route's numbering: 1 to 64 of `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(Arc<str>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinceError {
+    #[error("{0} must be EPOCH:OFFSET or new")]
+    Malformed(&'static str),
+}
+
+impl Epoch {
+    pub fn parse(s: &str) -> Option<Epoch> {
+        let valid = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        valid.then(|| Epoch(s.into()))
+    }
+
+    /// A fresh epoch: 16 random hex digits.
+    pub fn random() -> Epoch {
+        Epoch(format!("{:016x}", rand::random::<u64>()).into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A place in a route's history: the last offset seen in one epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: Epoch,
+    pub offset: u64,
+}
+
+/// Where a socket asks to resume one route from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    /// No position yet: learn the current one, replay nothing.
+    New,
+    /// The last position seen.
+    At(Position),
+}
+
+impl Since {
+    fn parse(value: &str, name: &'static str) -> Result<Since, SinceError> {
+        if value == "new" {
+            return Ok(Since::New);
+        }
+        let bad = SinceError::Malformed(name);
+        let (epoch, offset) = value.rsplit_once(':').ok_or(bad.clone())?;
+        let epoch = Epoch::parse(epoch).ok_or(bad.clone())?;
+        if offset.is_empty() || !offset.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad);
+        }
+        let offset = offset.parse().map_err(|_| bad)?;
+        Ok(Since::At(Position { epoch, offset }))
+    }
+}
+
+/// The three routes of a socket, as named in `since_*` and in the
+/// recovery summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    Client,
+    Group,
+    Broadcast,
+}
+
+impl RouteKind {
+    pub const ALL: [RouteKind; 3] = [RouteKind::Client, RouteKind::Group, RouteKind::Broadcast];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Client => "client",
+            RouteKind::Group => "group",
+            RouteKind::Broadcast => "broadcast",
+        }
+    }
+
+    fn param(self) -> &'static str {
+        match self {
+            RouteKind::Client => "since_client",
+            RouteKind::Group => "since_group",
+            RouteKind::Broadcast => "since_broadcast",
+        }
+    }
+
+    /// This kind's route for a socket of `client` in `group`.
+    pub fn route(self, group: &VisionId, client: &VisionId) -> Route {
+        match self {
+            RouteKind::Client => Route::Client(client.clone()),
+            RouteKind::Group => Route::Group(group.clone()),
+            RouteKind::Broadcast => Route::Broadcast,
+        }
+    }
+
+    /// The kind of route a delivered message travelled on, by its
+    /// `target` (the hub writes it as the third field).
+    fn of_text(text: &str) -> Option<RouteKind> {
+        const FIELD: &str = "\"target\":\"";
+        let head = &text[..text.len().min(64)];
+        let start = head.find(FIELD)? + FIELD.len();
+        let rest = &text[start..];
+        if rest.starts_with("direct\"") {
+            Some(RouteKind::Client)
+        } else if rest.starts_with("group\"") {
+            Some(RouteKind::Group)
+        } else if rest.starts_with("broadcast\"") {
+            Some(RouteKind::Broadcast)
+        } else {
+            None
+        }
+    }
+}
+
+/// What an upgrade asked to resume, by route kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume(Vec<(RouteKind, Since)>);
+
+impl Resume {
+    /// The `since_*` query parameters; a malformed one is a 400.
+    pub fn from_query(query: &HashMap<String, String>) -> Result<Resume, SinceError> {
+        let mut asked = Vec::new();
+        for kind in RouteKind::ALL {
+            if let Some(value) = query.get(kind.param()) {
+                asked.push((kind, Since::parse(value, kind.param())?));
+            }
+        }
+        Ok(Resume(asked))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(RouteKind, Since)> {
+        self.0.iter()
+    }
+}
+
+/// One kept message as history holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub offset: u64,
+    /// The delivered text, offset and epoch included.
+    pub text: Encoded,
+    /// Its `from_id`, for the sender exclusion of group and broadcast.
+    pub sender: Arc<str>,
+}
+
+/// The answer to one route's [`Since`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything after the position is here (possibly nothing).
+    Recovered(Vec<Kept>),
+    /// Some of it is gone, or the epoch differs: nothing is replayed.
+    Lost,
+}
+
+/// One route's recovery: what to replay, and where the route stands now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub outcome: Outcome,
+    /// The route's current position (`None` with history off).
+    pub position: Option<Position>,
+}
+
+impl Recovery {
+    /// The answer with history off.
+    pub fn off() -> Recovery {
+        Recovery {
+            outcome: Outcome::Lost,
+            position: None,
+        }
+    }
+}
+
+/// Decides a recovery from what history holds: `since` against the route's
+/// position and its kept messages (oldest first, all of this epoch).
+pub fn decide(since: &Since, position: &Position, kept: Vec<Kept>) -> Outcome {
+    let from = match since {
+        Since::New => return Outcome::Recovered(Vec::new()),
+        Since::At(at) if at.epoch != position.epoch || at.offset > position.offset => {
+            return Outcome::Lost
+        }
+        Since::At(at) => at.offset,
+    };
+    let wanted: Vec<Kept> = kept
+        .into_iter()
+        .filter(|k| k.offset > from && k.offset <= position.offset)
+        .collect();
+    let missing = position.offset - from;
+    // Never a partial replay: every offset after `from` must be kept.
+    if wanted.len() as u64 != missing || wanted.first().is_some_and(|k| k.offset != from + 1) {
+        return Outcome::Lost;
+    }
+    Outcome::Recovered(wanted)
+}
+
+/// What a resuming socket is sent first: every replayed message and the
+/// summary, in order; and what to drop from its live queue afterwards.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    pub batch: Vec<Encoded>,
+    pub dedup: Dedup,
+}
+
+impl Resumed {
+    /// Assembles a socket's replay from its routes' recoveries: the kept
+    /// messages it would have received (a group or broadcast message skips
+    /// its own sender, as live), then one summary for all routes.
+    pub fn assemble(
+        group: &VisionId,
+        client: &VisionId,
+        answers: Vec<(RouteKind, Recovery)>,
+    ) -> Resumed {
+        let mut resumed = Resumed::default();
+        let mut summary = serde_json::Map::new();
+        for (kind, recovery) in answers {
+            let skips = kind.route(group, client).skips_sender();
+            let (recovered, missed) = match recovery.outcome {
+                Outcome::Recovered(kept) => {
+                    let before = resumed.batch.len();
+                    resumed.batch.extend(
+                        kept.into_iter()
+                            .filter(|k| !(skips && &*k.sender == client.as_str()))
+                            .map(|k| k.text),
+                    );
+                    (true, resumed.batch.len() - before)
+                }
+                Outcome::Lost => (false, 0),
+            };
+            let (epoch, offset) = match &recovery.position {
+                Some(p) => (p.epoch.as_str(), p.offset),
+                None => ("", 0),
+            };
+            if let (true, Some(p)) = (recovered, &recovery.position) {
+                resumed.dedup.watch(kind, p.epoch.clone(), p.offset);
+            }
+            summary.insert(
+                kind.as_str().to_owned(),
+                serde_json::json!({
+                    "recovered": recovered, "missed": missed, "epoch": epoch, "offset": offset,
+                }),
+            );
+        }
+        resumed
+            .batch
+            .push(crate::protocol::recovery_summary(client, group, summary));
+        resumed
+    }
+}
+
+/// `text` (a JSON object the hub encoded) with `offset` and `epoch` added
+/// as its last fields.
+pub fn number(text: &str, offset: u64, epoch: &Epoch) -> Encoded {
+    let body = text.strip_suffix('}').unwrap_or(text);
+    let mut out = String::with_capacity(text.len() + 48 + epoch.as_str().len());
+    out.push_str(body);
+    out.push_str(",\"offset\":");
+    out.push_str(&offset.to_string());
+    out.push_str(",\"epoch\":\"");
+    out.push_str(epoch.as_str());
+    out.push_str("\"}");
+    Encoded::from_text(out)
+}
+
+/// The offset and epoch [`number`] wrote at the end of `text`, if any.
+pub fn position_of(text: &str) -> Option<(u64, &str)> {
+    const OFFSET: &str = ",\"offset\":";
+    const EPOCH: &str = ",\"epoch\":\"";
+    let body = text.strip_suffix("\"}")?;
+    let e = body.rfind(EPOCH)?;
+    let epoch = &body[e + EPOCH.len()..];
+    let head = &body[..e];
+    let o = head.rfind(OFFSET)?;
+    let offset = head[o + OFFSET.len()..].parse().ok()?;
+    Some((offset, epoch))
+}
+
+/// After a replay, the live messages of a route the replay already
+/// carried: dropped until the route moves past its last replayed offset.
+/// Costs nothing once every route has.
+#[derive(Debug, Default)]
+pub struct Dedup {
+    /// Per route kind: the epoch and the last offset replayed.
+    pending: Vec<(RouteKind, Epoch, u64)>,
+}
+
+impl Dedup {
+    pub fn watch(&mut self, kind: RouteKind, epoch: Epoch, last: u64) {
+        self.pending.push((kind, epoch, last));
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Whether `text`, a live message, was already replayed.
+    pub fn replayed(&mut self, text: &str) -> bool {
+        let Some((offset, epoch)) = position_of(text) else {
+            return false;
+        };
+        let Some(kind) = RouteKind::of_text(text) else {
+            return false;
+        };
+        let Some(i) = self.pending.iter().position(|(k, _, _)| *k == kind) else {
+            return false;
+        };
+        let (_, ref seen, last) = self.pending[i];
+        if seen.as_str() == epoch && offset <= last {
+            return true;
+        }
+        self.pending.swap_remove(i);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests;
