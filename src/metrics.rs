@@ -30,6 +30,10 @@ pub const REDIS_UP: &str = "aether_redis_up";
 pub const PUBSUB_LAG_SECONDS: &str = "aether_pubsub_lag_seconds";
 pub const UPGRADES_REFUSED: &str = "aether_upgrades_refused_total";
 pub const CONNECTIONS_MAX: &str = "aether_connections_max";
+pub const RECOVERIES: &str = "aether_recoveries_total";
+pub const MESSAGES_REPLAYED: &str = "aether_messages_replayed_total";
+pub const GAP_REPAIRS: &str = "aether_gap_repairs_total";
+pub const MESSAGES_REPAIRED: &str = "aether_messages_repaired_total";
 
 /// Why an upgrade was refused (`reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +110,11 @@ struct Handles {
     broker_unavailable: Counter,
     pubsub_lag: Histogram,
     refused: [Counter; 6],
+    /// Recoveries per route asked for: recovered, lost.
+    recoveries: [Counter; 2],
+    replayed: Counter,
+    gap_repairs: Counter,
+    repaired: Counter,
 }
 
 static HANDLES: OnceLock<Handles> = OnceLock::new();
@@ -178,6 +187,10 @@ impl Handles {
             redis_received: counter!(REDIS_RECEIVED),
             pubsub_lag: histogram!(PUBSUB_LAG_SECONDS),
             refused: Refused::ALL.map(|r| counter!(UPGRADES_REFUSED, "reason" => r.label())),
+            recoveries: ["recovered", "lost"].map(|o| counter!(RECOVERIES, "outcome" => o)),
+            replayed: counter!(MESSAGES_REPLAYED),
+            gap_repairs: counter!(GAP_REPAIRS),
+            repaired: counter!(MESSAGES_REPAIRED),
         }
     }
 }
@@ -220,6 +233,22 @@ fn describe() {
     describe_gauge!(
         CONNECTIONS_MAX,
         "Sockets this instance admits at most (AETHER_MAX_CONNECTIONS)"
+    );
+    describe_counter!(
+        RECOVERIES,
+        "Routes a reconnecting socket asked to resume, by outcome (recovered or lost)"
+    );
+    describe_counter!(
+        MESSAGES_REPLAYED,
+        "Kept messages replayed to resuming sockets"
+    );
+    describe_counter!(
+        GAP_REPAIRS,
+        "Times this instance read missed messages from history after a pub/sub gap"
+    );
+    describe_counter!(
+        MESSAGES_REPAIRED,
+        "Messages delivered from history to fill a pub/sub gap"
     );
     describe_histogram!(
         PUBSUB_LAG_SECONDS,
@@ -300,6 +329,23 @@ pub fn pubsub_lag(sent: chrono::DateTime<chrono::FixedOffset>) {
         let lag = chrono::Utc::now().fixed_offset() - sent;
         let seconds = lag.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
         h.pubsub_lag.record(seconds.max(0.0));
+    }
+}
+
+/// One route of a resuming socket: whether it recovered, and how many
+/// messages its replay carried.
+pub fn recovery(recovered: bool, replayed: usize) {
+    if let Some(h) = HANDLES.get() {
+        h.recoveries[usize::from(!recovered)].increment(1);
+        h.replayed.increment(replayed as u64);
+    }
+}
+
+/// A pub/sub gap filled from history with `messages` messages.
+pub fn gap_repaired(messages: u64) {
+    if let Some(h) = HANDLES.get() {
+        h.gap_repairs.increment(1);
+        h.repaired.increment(messages);
     }
 }
 

@@ -100,6 +100,8 @@ fn help_lists_every_setting() {
         "AETHER_MAX_SOCKETS_PER_CLIENT",
         "AETHER_TLS_CERT_FILE",
         "AETHER_TLS_KEY_FILE",
+        "AETHER_HISTORY_SIZE",
+        "AETHER_HISTORY_TTL_SECS",
     ] {
         assert!(help.contains(var), "{var} missing from --help");
     }

@@ -280,6 +280,7 @@ impl Resumed {
                 Some(p) => (p.epoch.as_str(), p.offset),
                 None => ("", 0),
             };
+            crate::metrics::recovery(recovered, missed);
             if let (true, Some(p)) = (recovered, &recovery.position) {
                 resumed.dedup.watch(kind, p.epoch.clone(), p.offset);
             }
