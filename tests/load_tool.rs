@@ -139,6 +139,27 @@ async fn churn_keeps_the_stable_set_whole() {
     assert_eq!(report["order_violations"], 0);
 }
 
+#[tokio::test]
+async fn recover_reports_every_socket_recovered_whole() {
+    let hub = TestHub::start().await;
+    let args = format!("recover --url ws://{} --sockets 30 --missed 7", hub.addr);
+    let report = run_load(words(&args)).await;
+    assert_eq!(report["scenario"], "recover");
+    assert_eq!(report["recovered_whole"], 30);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["time_to_summary"]["samples"], 30);
+
+    // With history off nothing can be recovered, and the tool says why.
+    let off = TestHub::with(|c| c.history_size = 0).await;
+    let out = run_tool(&words(&format!(
+        "recover --url ws://{} --sockets 3",
+        off.addr
+    )))
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AETHER_HISTORY_SIZE=0"));
+}
+
 /// `connect` with 20 sockets and `extra` options against `url`, bounded.
 fn connect_args(url: &str, extra: &str) -> Vec<String> {
     words(&format!(

@@ -194,6 +194,21 @@ impl Hubs {
         let upgrade = self.upgrade(i, group, client)?;
         self.open(upgrade).await
     }
+
+    /// Like [`Hubs::connect`], with a query string on the upgrade URL
+    /// (`since_group=…`).
+    pub async fn connect_with(
+        &self,
+        i: usize,
+        group: &str,
+        client: &str,
+        query: &str,
+    ) -> Result<Ws, String> {
+        let mut upgrade = self.upgrade(i, group, client)?;
+        upgrade.url.push('?');
+        upgrade.url.push_str(query);
+        self.open(upgrade).await
+    }
 }
 
 /// `--tls-ca FILE`: a client configuration trusting the certificates in

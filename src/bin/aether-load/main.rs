@@ -12,6 +12,7 @@ mod client;
 mod connect;
 mod fanout;
 mod keys;
+mod recover;
 mod rtt;
 mod stats;
 mod tokens;
@@ -43,6 +44,9 @@ enum Scenario {
     /// Subscribers leaving and rejoining beside a stable set that must
     /// lose nothing.
     Churn(churn::Args),
+    /// Sockets that missed M messages reconnecting at once with their
+    /// positions: time to recover, and that each got exactly what it missed.
+    Recover(recover::Args),
     /// Write a fresh P-256 key (es256.pem, for --token-key) and its JWKS
     /// (jwks.json, for the hub's AETHER_TOKEN_JWKS_FILE) into a directory.
     Keys(keys::Args),
@@ -57,6 +61,7 @@ async fn main() -> ExitCode {
         Scenario::Fanout(args) => fanout::run(args).await,
         Scenario::Rtt(args) => rtt::run(args).await,
         Scenario::Churn(args) => churn::run(args).await,
+        Scenario::Recover(args) => recover::run(args).await,
         Scenario::Keys(args) => keys::run(args),
     };
     match result {

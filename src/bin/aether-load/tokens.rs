@@ -130,9 +130,10 @@ impl Tokens {
         };
         let (name, value) = match self.token_via {
             Via::Query => {
-                return format!("{url}?token={token}")
+                let join = if url.contains('?') { '&' } else { '?' };
+                return format!("{url}{join}token={token}")
                     .into_client_request()
-                    .map_err(bad)
+                    .map_err(bad);
             }
             Via::Subprotocol => (
                 header::SEC_WEBSOCKET_PROTOCOL,
