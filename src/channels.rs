@@ -4,6 +4,22 @@
 //! [`Names`] turns routes into channel names and back, and builds presence
 //! keys, all under the configured prefix: Redis pub/sub ignores database
 //! numbers, so the prefix is the only isolation between environments.
+//!
+//! History keys (PROTOCOL.md section 9), one pair per route, hash-tagged by
+//! the route's full channel name so that both live in the channel's Redis
+//! Cluster slot and one script can touch them (other services may read
+//! them; they are part of the hub's documented surface):
+//!
+//! - `{<channel>}:history`: a stream of the route's kept messages, capped
+//!   at `AETHER_HISTORY_SIZE` entries, expiring `AETHER_HISTORY_TTL_SECS`
+//!   after the last one. Entry ID `<offset>-1`; fields `t` (the delivered
+//!   text, `offset` and `epoch` included), `s` (the sender's `from_id`),
+//!   `at` (Redis time in ms when it was kept).
+//! - `{<channel>}:position`: a hash, `e` the route's epoch and `n` the last
+//!   offset given out; expires 24 hours after the last kept message.
+//!
+//! For prefix `p:` and group `g1`: `{p:ws:group:g1}:history` and
+//! `{p:ws:group:g1}:position`.
 
 use crate::protocol::VisionId;
 
@@ -100,6 +116,16 @@ impl Names {
         format!("{}{INSTANCES}", self.prefix)
     }
 
+    /// The stream of `route`'s kept messages (see the module docs).
+    pub fn history_key(&self, route: &Route) -> String {
+        format!("{{{}}}{HISTORY}", self.channel(route))
+    }
+
+    /// The hash of `route`'s epoch and last offset (see the module docs).
+    pub fn position_key(&self, route: &Route) -> String {
+        format!("{{{}}}{POSITION}", self.channel(route))
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -108,6 +134,8 @@ impl Names {
 const HOLDERS: &str = "ws:presence:holders:";
 const INSTANCE: &str = "ws:presence:instance:";
 const INSTANCES: &str = "ws:presence:instances";
+const HISTORY: &str = ":history";
+const POSITION: &str = ":position";
 
 #[cfg(test)]
 mod tests {
@@ -130,6 +158,18 @@ mod tests {
         assert_eq!(
             staged.presence_key(&id("g1")),
             "staging:ws:presence:group:g1"
+        );
+    }
+
+    #[test]
+    fn history_keys_share_their_channel_slot() {
+        let names = Names::new("p:");
+        let group = Route::Group(id("g1"));
+        assert_eq!(names.history_key(&group), "{p:ws:group:g1}:history");
+        assert_eq!(names.position_key(&group), "{p:ws:group:g1}:position");
+        assert_eq!(
+            Names::default().position_key(&Route::Broadcast),
+            "{ws:broadcast}:position"
         );
     }
 

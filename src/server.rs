@@ -149,7 +149,12 @@ fn build_hub(config: &Config) -> Result<Arc<Hub>, StartError> {
     let link = Arc::new(RedisLink::new(url)?);
     let names = Names::new(config.redis_prefix.clone());
     let router = Arc::new(Router::new());
-    let broker = RedisBroker::start(Arc::clone(&link), Arc::clone(&router), names.clone());
+    let broker = RedisBroker::start(
+        Arc::clone(&link),
+        Arc::clone(&router),
+        names.clone(),
+        config.limits().history,
+    );
     let presence =
         RedisPresence::start(link, names, config.instance_id.clone(), config.presence_ttl);
     Ok(Hub::new(router, broker, presence, config.limits()))

@@ -1,36 +1,45 @@
 //! The Redis broker: many instances, one Redis, one pub/sub connection per
 //! instance.
 //!
-//! - Publishing goes through one task that pipelines `PUBLISH` commands on
-//!   the shared command connection, in order (per-sender order holds).
+//! - Publishing goes through one task ([`publish`]) that pipelines
+//!   `PUBLISH` commands, and with history on the numbering script for kept
+//!   messages, on the shared command connection, in order (per-sender
+//!   order holds).
 //! - Subscriptions are level-triggered: the router's transitions only mark
 //!   routes dirty; the supervisor compares each dirty route's "wanted" (the
 //!   router has local sockets on it) with "confirmed" (Redis said so) and
 //!   sends the difference in batches. Unsubscribes wait a little, so a
 //!   client that reconnects at once does not make the channel flap. After a
 //!   reconnect every wanted route is dirty: resubscribing is the same code.
-//! - The reader task hands each incoming message to the router, which
-//!   never waits, so the pub/sub connection is always drained.
+//! - The reader task ([`reader`]) hands each incoming message to the
+//!   router, which never waits, so the pub/sub connection is always
+//!   drained; with history on it also repairs gaps in a route's numbered
+//!   messages from history, across reconnects.
+//! - Recovery ([`Broker::recover`]) reads history with one script per
+//!   batch on the command connection (`history/redis.rs`).
 //! - A probe (PING on both connections) runs every second; a silent
 //!   connection (half-open TCP, a failover) fails it and is rebuilt.
 
-use std::borrow::Cow;
+mod publish;
+mod reader;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::{BoxFuture, Broker, BrokerError, Keep, Receipt};
 use crate::channels::{Names, Route};
-use crate::history::{Recovery, Since};
-use crate::metrics::{self, DropReason};
-use crate::protocol::{self, Encoded};
+use crate::history::redis::{self as history, Keys};
+use crate::history::{Recovery, Retention, Since};
+use crate::metrics;
+use crate::protocol::Encoded;
 use crate::redis_link::{RedisLink, TIMEOUT};
 use crate::router::Router;
+use publish::Outgoing;
+use reader::{Event, Reader};
 
 /// How often the connections are probed.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -44,6 +53,8 @@ const BATCH: usize = 1000;
 const PUBLISH_QUEUE: usize = 64 * 1024;
 /// How long a join waits for Redis to confirm its subscriptions.
 const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping reader may take to hand its state back.
+const READER_STOP: Duration = Duration::from_secs(1);
 /// Reconnect backoff bounds (with jitter).
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -51,7 +62,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct RedisBroker {
     link: Arc<RedisLink>,
     names: Names,
-    outgoing: mpsc::Sender<(String, Encoded)>,
+    retention: Retention,
+    outgoing: mpsc::Sender<Outgoing>,
     subs: Arc<Subscriptions>,
 }
 
@@ -68,24 +80,59 @@ struct Subscriptions {
 impl RedisBroker {
     /// Starts the supervisor and the publisher; returns at once (Redis may
     /// be down: the hub starts anyway and reports not ready).
-    pub fn start(link: Arc<RedisLink>, router: Arc<Router>, names: Names) -> Arc<RedisBroker> {
+    /// `retention` is `AETHER_HISTORY_*` (size 0: history off, and kept
+    /// messages are plain `PUBLISH`es).
+    pub fn start(
+        link: Arc<RedisLink>,
+        router: Arc<Router>,
+        names: Names,
+        retention: Retention,
+    ) -> Arc<RedisBroker> {
         let (outgoing, queue) = mpsc::channel(PUBLISH_QUEUE);
         let subs = Arc::new(Subscriptions::default());
-        tokio::spawn(publish_loop(Arc::clone(&link), queue));
+        tokio::spawn(publish::run(Arc::clone(&link), queue, retention));
         let supervisor = Supervisor {
             link: Arc::clone(&link),
+            reader: Some(Reader::new(Arc::clone(&router), names.clone(), retention)),
             router,
             names: names.clone(),
+            retention,
             subs: Arc::clone(&subs),
             pending_unsubscribe: HashMap::new(),
+            events: None,
         };
         tokio::spawn(supervisor.run());
         Arc::new(RedisBroker {
             link,
             names,
+            retention,
             outgoing,
             subs,
         })
+    }
+
+    fn keys(&self, route: &Route) -> Keys {
+        Keys {
+            position: self.names.position_key(route),
+            history: self.names.history_key(route),
+        }
+    }
+
+    /// What numbering needs for a kept message, and its receipt.
+    fn kept(&self, route: &Route, sender: &str, keep: Keep) -> (publish::Kept, Option<Receipt>) {
+        let (tx, rx) = match keep {
+            Keep::WithReceipt => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            Keep::Yes | Keep::No => (None, None),
+        };
+        let kept = publish::Kept {
+            keys: self.keys(route),
+            sender: sender.to_owned(),
+            receipt: tx,
+        };
+        (kept, rx)
     }
 
     fn mark_dirty(&self, routes: &[Route]) {
@@ -111,24 +158,47 @@ impl Broker for RedisBroker {
         &self,
         route: &Route,
         msg: Encoded,
-        _sender: &str,
-        _keep: Keep,
+        sender: &str,
+        keep: Keep,
     ) -> Result<Option<Receipt>, BrokerError> {
         if !self.link.is_up() {
             return Err(BrokerError::Unavailable);
         }
+        let (kept, receipt) = match keep {
+            Keep::Yes | Keep::WithReceipt if self.retention.is_on() => {
+                let (kept, receipt) = self.kept(route, sender, keep);
+                (Some(kept), receipt)
+            }
+            _ => (None, None),
+        };
+        let item = Outgoing {
+            channel: self.names.channel(route),
+            msg,
+            kept,
+        };
         self.outgoing
-            .try_send((self.names.channel(route), msg))
+            .try_send(item)
             .map_err(|_| BrokerError::Unavailable)?;
-        Ok(None)
+        Ok(receipt)
     }
 
     fn recover<'a>(
         &'a self,
-        _route: &'a Route,
-        _since: &'a Since,
+        route: &'a Route,
+        since: &'a Since,
     ) -> BoxFuture<'a, Result<Recovery, BrokerError>> {
-        Box::pin(std::future::ready(Ok(Recovery::off())))
+        Box::pin(async move {
+            if !self.retention.is_on() {
+                return Ok(Recovery::off());
+            }
+            let mut conn = self.link.command().ok_or(BrokerError::Unavailable)?;
+            history::recover(&mut conn, &self.keys(route), since, self.retention)
+                .await
+                .map_err(|e| {
+                    tracing::debug!(?route, "history unreadable: {e}");
+                    BrokerError::Unavailable
+                })
+        })
     }
 
     fn subscribe(&self, routes: &[Route]) {
@@ -163,69 +233,21 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Publishes queued messages in order, as few pipelines as possible, with
-/// up to [`PIPELINES_IN_FLIGHT`] of them awaiting Redis's answer at once:
-/// a message queued while a pipeline is on its way goes out at once rather
-/// than a round trip later. Order holds because each pipeline is handed to
-/// the one command connection before the next one is built.
-async fn publish_loop(link: Arc<RedisLink>, mut queue: mpsc::Receiver<(String, Encoded)>) {
-    let mut in_flight = FuturesOrdered::new();
-    let mut batch = Vec::with_capacity(256);
-    loop {
-        tokio::select! {
-            biased;
-            Some((count, sent)) = in_flight.next(), if !in_flight.is_empty() => {
-                count_published(count, sent);
-            }
-            taken = queue.recv_many(&mut batch, 256), if in_flight.len() < PIPELINES_IN_FLIGHT => {
-                if taken == 0 {
-                    break;
-                }
-                let count = batch.len() as u64;
-                match link.command() {
-                    Some(conn) => in_flight.push_back(send_pipeline(conn, &batch, count)),
-                    None => count_published(count, false),
-                }
-                batch.clear();
-            }
-        }
-    }
-}
-
-const PIPELINES_IN_FLIGHT: usize = 16;
-
-fn send_pipeline(
-    mut conn: MultiplexedConnection,
-    batch: &[(String, Encoded)],
-    count: u64,
-) -> impl std::future::Future<Output = (u64, bool)> {
-    let mut pipe = redis::pipe();
-    for (channel, msg) in batch {
-        pipe.cmd("PUBLISH")
-            .arg(channel)
-            .arg(msg.as_str().as_bytes())
-            .ignore();
-    }
-    async move { (count, pipe.query_async::<()>(&mut conn).await.is_ok()) }
-}
-
-fn count_published(count: u64, sent: bool) {
-    if sent {
-        metrics::redis_published(count);
-    } else {
-        metrics::dropped(DropReason::BrokerUnavailable, count);
-    }
-}
-
 /// Owns the pub/sub connection: connects, resubscribes, reconciles,
 /// probes, and reconnects with backoff.
 struct Supervisor {
     link: Arc<RedisLink>,
     router: Arc<Router>,
     names: Names,
+    retention: Retention,
     subs: Arc<Subscriptions>,
     /// Unwanted but still subscribed routes, with the time they became so.
     pending_unsubscribe: HashMap<Route, Instant>,
+    /// The reader between two connections (it runs as a task meanwhile):
+    /// what it knows of each route outlives a connection.
+    reader: Option<Reader>,
+    /// Tells the running reader what was (un)subscribed.
+    events: Option<mpsc::UnboundedSender<Event>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -273,7 +295,11 @@ impl Supervisor {
         let pubsub = tokio::time::timeout(TIMEOUT, self.link.client().get_async_pubsub())
             .await
             .map_err(|_| LinkError::Timeout)??;
-        let command = self.link.open_command().await?;
+        let mut command = self.link.open_command().await?;
+        if self.retention.is_on() {
+            // Before the link is up: no kept message goes out unloaded.
+            timed(history::load(&mut command)).await?;
+        }
         let (sink, stream) = pubsub.split();
         Ok((sink, stream, command))
     }
@@ -285,13 +311,23 @@ impl Supervisor {
         stream: PubSubStream,
         mut command: MultiplexedConnection,
     ) -> LinkError {
-        let reader = tokio::spawn(read_loop(
-            stream,
-            Arc::clone(&self.router),
-            self.names.clone(),
-        ));
+        let reader = self.reader.take().unwrap_or_else(|| {
+            Reader::new(Arc::clone(&self.router), self.names.clone(), self.retention)
+        });
+        let (events, events_rx) = mpsc::unbounded_channel();
+        self.events = Some(events);
+        let mut reader = tokio::spawn(reader.run(stream, events_rx, command.clone()));
         let lost = self.serve_with(&mut sink, &mut command, &reader).await;
-        reader.abort();
+        // Closing the events ends the reader, which hands its state back.
+        self.events = None;
+        self.reader = match tokio::time::timeout(READER_STOP, &mut reader).await {
+            Ok(Ok(state)) => Some(state),
+            _ => {
+                reader.abort();
+                tracing::warn!("the pub/sub reader did not stop; gap repair starts afresh");
+                None
+            }
+        };
         if let Ok(mut confirmed) = self.subs.confirmed.lock() {
             confirmed.clear();
         }
@@ -304,7 +340,7 @@ impl Supervisor {
         &mut self,
         sink: &mut PubSubSink,
         command: &mut MultiplexedConnection,
-        reader: &tokio::task::JoinHandle<()>,
+        reader: &tokio::task::JoinHandle<Reader>,
     ) -> LinkError {
         // Everything the router holds must be (re)subscribed.
         if let Ok(mut dirty) = self.subs.dirty.lock() {
@@ -313,6 +349,7 @@ impl Supervisor {
         if let Err(e) = self.reconcile(sink).await {
             return e;
         }
+        self.tell(Event::Settled);
         self.link.set_up(command.clone());
         let mut probe = tokio::time::interval(PROBE_EVERY);
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
@@ -358,6 +395,7 @@ impl Supervisor {
             let channels: Vec<String> = chunk.iter().map(|r| self.names.channel(r)).collect();
             timed(sink.subscribe(channels)).await?;
             self.confirm(chunk, true);
+            self.tell(Event::Subscribed(chunk.to_vec()));
         }
         let due: Vec<Route> = self
             .pending_unsubscribe
@@ -376,8 +414,16 @@ impl Supervisor {
             let channels: Vec<String> = chunk.iter().map(|r| self.names.channel(r)).collect();
             timed(sink.unsubscribe(channels)).await?;
             self.confirm(chunk, false);
+            self.tell(Event::Unsubscribed(chunk.to_vec()));
         }
         Ok(())
+    }
+
+    /// Tells the reader, which tracks routes only with history on.
+    fn tell(&self, event: Event) {
+        if let (true, Some(events)) = (self.retention.is_on(), &self.events) {
+            let _ = events.send(event);
+        }
     }
 
     fn is_confirmed(&self, route: &Route) -> bool {
@@ -418,46 +464,6 @@ async fn timed<T>(
     }
 }
 
-/// Hands every message of the pub/sub connection to the router.
-async fn read_loop(mut stream: PubSubStream, router: Arc<Router>, names: Names) {
-    while let Some(msg) = stream.next().await {
-        metrics::redis_received();
-        let Some(route) = names.route(msg.get_channel_name()) else {
-            continue;
-        };
-        let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else {
-            tracing::debug!(
-                channel = msg.get_channel_name(),
-                "dropped a non-UTF-8 message"
-            );
-            continue;
-        };
-        if let Some(sent) = protocol::sent_at_of(text) {
-            metrics::pubsub_lag(sent);
-        }
-        let sender = if route.skips_sender() {
-            sender_of(text)
-        } else {
-            None
-        };
-        let encoded = Encoded::from_text(text);
-        router.dispatch(&route, &encoded, sender.as_deref().unwrap_or(""));
-    }
-}
-
-/// The `from_id` of a message, read without building the whole message.
-fn sender_of(text: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct From<'a> {
-        #[serde(borrow, default)]
-        from_id: Option<Cow<'a, str>>,
-    }
-    serde_json::from_str::<From<'_>>(text)
-        .ok()
-        .and_then(|f| f.from_id)
-        .map(Cow::into_owned)
-}
-
 /// `base` ± 50 %, so instances that lost Redis together do not come back
 /// in lockstep.
 fn jitter(base: Duration) -> Duration {
@@ -466,6 +472,7 @@ fn jitter(base: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use super::reader::sender_of;
     use super::*;
 
     #[test]

@@ -17,6 +17,7 @@
 //! carried ([`Dedup`]).
 
 pub mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! a client to look at it from outside. `scripts/test` installs Debian's
 //! redis-server when it is missing.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,8 @@ use redis::aio::MultiplexedConnection;
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// The data directory of a server with persistence on.
+    aof_dir: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -17,16 +20,46 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port: super::private_port(),
+            aof_dir: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// A server with persistence on (`appendonly yes`, every write synced
+    /// before it is answered), in a directory of its own: a restart, even
+    /// after SIGKILL, comes back with everything it answered.
+    pub fn start_persistent() -> RedisServer {
+        let port = super::private_port();
+        let dir = std::env::temp_dir().join(format!("aether-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("redis data directory");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            aof_dir: Some(dir),
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
+        let (appendonly, dir) = match &self.aof_dir {
+            Some(dir) => ("yes", dir.clone()),
+            None => ("no", std::env::temp_dir()),
+        };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                appendonly,
+                "--daemonize",
+                "no",
+            ])
+            .args(["--appendfsync", "always"])
+            .args(["--dir", &dir.to_string_lossy()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -51,7 +84,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts again on the same port, empty.
+    /// Starts again on the same port: empty, or with what it had when
+    /// persistence is on.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -88,6 +122,9 @@ impl Drop for RedisServer {
             self.resume();
         }
         self.kill();
+        if let Some(dir) = &self.aof_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -131,4 +168,52 @@ pub async fn publish(conn: &mut MultiplexedConnection, channel: &str, text: &str
         .query_async(conn)
         .await
         .expect("PUBLISH");
+}
+
+/// Closes the pub/sub connections subscribed to exactly `subs` channels
+/// (`CLIENT KILL ID`), as a network blip would; returns how many.
+pub async fn kill_pubsub_with(conn: &mut MultiplexedConnection, subs: usize) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(conn)
+        .await
+        .expect("CLIENT LIST");
+    let field = |line: &str, name: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let mut killed = 0;
+    for line in list.lines() {
+        if field(line, "sub").and_then(|n| n.parse().ok()) != Some(subs) {
+            continue;
+        }
+        let Some(id) = field(line, "id") else {
+            continue;
+        };
+        let n: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(&id)
+            .query_async(conn)
+            .await
+            .expect("CLIENT KILL");
+        killed += n as usize;
+    }
+    killed
+}
+
+/// How many pub/sub connections are subscribed to exactly `subs` channels.
+pub async fn pubsub_with(conn: &mut MultiplexedConnection, subs: usize) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(conn)
+        .await
+        .expect("CLIENT LIST");
+    let wanted = format!(" sub={subs} ");
+    list.lines().filter(|l| l.contains(&wanted)).count()
 }

@@ -1,0 +1,440 @@
+//! History in Redis: the two server-side scripts that number, keep and
+//! read a route's messages, and the batched reads built on them.
+//!
+//! Keys (`channels.rs` documents them): `{<channel>}:position`, a hash of
+//! the route's epoch (`e`) and last offset (`n`), and `{<channel>}:history`,
+//! a stream whose entry IDs are `<offset>-1`, so that an offset range is an
+//! `XRANGE`.
+//!
+//! - [`NUMBER`] runs once per kept message, pipelined with plain publishes:
+//!   it numbers the message, splices `offset` and `epoch` onto its text
+//!   (the same bytes as [`super::number`]), appends it to the stream
+//!   (`MAXLEN` exact), refreshes both expiries and `PUBLISH`es it. One
+//!   script is one atomic step, so Redis decides one order for every
+//!   instance.
+//! - [`READ`] returns a route's position (creating it when asked: "asking
+//!   for its position creates it") and the kept messages in an offset
+//!   range, at most a batch of them, skipping those past the TTL. Recovery
+//!   ([`recover`]) and the broker's gap repair ([`read`]) both use it.
+//!
+//! Scripts are loaded with `SCRIPT LOAD` when a connection is made
+//! ([`load`]) and called with `EVALSHA`; a `NOSCRIPT` answer (a `SCRIPT
+//! FLUSH`, a restarted Redis) reloads them.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{Cmd, RedisResult, Value};
+
+use super::{decide, Epoch, Kept, Position, Recovery, Retention, Since, POSITION_TTL};
+use crate::protocol::Encoded;
+
+/// A script's source and, once Redis has loaded it, its SHA1.
+pub struct Script {
+    source: &'static str,
+    sha: OnceLock<String>,
+}
+
+/// Numbers, keeps and publishes one message.
+///
+/// KEYS: position, history. ARGV: channel, the encoded text (a JSON object
+/// ending in `}`), sender, history size, TTL in ms, position TTL in ms, a
+/// fresh epoch for a route that has none. Returns `{offset, epoch}`.
+///
+/// A new epoch starts with an empty stream (`DEL`), so a stream never mixes
+/// two numberings. The text gets `,"offset":N,"epoch":"E"}` in place of its
+/// closing brace.
+pub static NUMBER: Script = Script::new(
+    r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+local offset = string.format('%d', n)
+local body = ARGV[2]
+if string.sub(body, -1) == '}' then body = string.sub(body, 1, -2) end
+local text = body .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+local t = redis.call('TIME')
+local ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-1', 't', text, 's', ARGV[3], 'at', ms)
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PUBLISH', ARGV[1], text)
+return {n, epoch}
+"#,
+);
+
+/// Reads a route's position and kept messages.
+///
+/// KEYS: position, history. ARGV: after (entries with a greater offset),
+/// upto (and not greater; 0: up to the last), count (entries scanned at
+/// most; 0: the position only), TTL in ms (older entries are skipped),
+/// position TTL in ms, a fresh epoch to create a missing position with
+/// (`""`: do not create), the epoch the caller reads in (`""`: any; entries
+/// only when it is the route's).
+///
+/// Returns `{epoch, last offset, scanned up to, more, offset1, text1,
+/// sender1, …}`; `epoch` is `""` when the route has no position (and none
+/// was created). `more` is 1 when the batch was full and entries may follow
+/// `scanned up to`.
+pub static READ: Script = Script::new(
+    r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local n = 0
+if epoch then
+  n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+elseif ARGV[6] ~= '' then
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'n', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+else
+  return {'', 0, 0, 0}
+end
+local after = tonumber(ARGV[1])
+local count = tonumber(ARGV[3])
+local upto = tonumber(ARGV[2])
+if upto == 0 or upto > n then upto = n end
+if count == 0 or after >= upto or (ARGV[7] ~= '' and ARGV[7] ~= epoch) then
+  return {epoch, n, after, 0}
+end
+local entries = redis.call('XRANGE', KEYS[2], string.format('%d', after + 1),
+  string.format('%d', upto), 'COUNT', count)
+local t = redis.call('TIME')
+local oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[4])
+local out = {epoch, n, after, 0}
+local scanned = after
+for _, entry in ipairs(entries) do
+  local offset = tonumber(string.match(entry[1], '^(%d+)'))
+  scanned = offset
+  local fields = entry[2]
+  local text, sender, at = nil, '', 0
+  for i = 1, #fields, 2 do
+    local k = fields[i]
+    if k == 't' then text = fields[i + 1]
+    elseif k == 's' then sender = fields[i + 1]
+    elseif k == 'at' then at = tonumber(fields[i + 1]) end
+  end
+  if text and at > oldest then
+    out[#out + 1] = offset
+    out[#out + 1] = text
+    out[#out + 1] = sender
+  end
+end
+out[3] = scanned
+if #entries == count and scanned < upto then out[4] = 1 end
+return out
+"#,
+);
+
+/// Entries a single [`READ`] scans at most: small enough that a storm of
+/// reconnects never holds Redis for long, large enough that a default
+/// history (100) is one round trip.
+pub const BATCH: u64 = 256;
+
+impl Script {
+    const fn new(source: &'static str) -> Script {
+        Script {
+            source,
+            sha: OnceLock::new(),
+        }
+    }
+
+    /// `EVALSHA` once loaded, else `EVAL` with the source (never needed
+    /// in practice: [`load`] runs before the link is declared up).
+    fn invoke(&self) -> Cmd {
+        match self.sha.get() {
+            Some(sha) => {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(sha.as_str());
+                cmd
+            }
+            None => {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(self.source);
+                cmd
+            }
+        }
+    }
+
+    async fn load(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(self.source)
+            .query_async(conn)
+            .await?;
+        // The SHA1 of a fixed text never changes: the first answer stands.
+        let _ = self.sha.set(sha);
+        Ok(())
+    }
+}
+
+/// Loads both scripts (on every new connection, and after `NOSCRIPT`).
+pub async fn load(conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    NUMBER.load(conn).await?;
+    READ.load(conn).await
+}
+
+/// Whether `value` is Redis's `NOSCRIPT` answer.
+pub fn is_noscript(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+/// A route's two keys, as [`crate::channels::Names`] builds them.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub position: String,
+    pub history: String,
+}
+
+fn millis(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+/// The `EVALSHA` of [`NUMBER`] for one message, to go in a pipeline.
+pub fn number_cmd(
+    keys: &Keys,
+    channel: &str,
+    text: &str,
+    sender: &str,
+    retention: Retention,
+    fresh: &Epoch,
+) -> Cmd {
+    let mut cmd = NUMBER.invoke();
+    cmd.arg(2)
+        .arg(&keys.position)
+        .arg(&keys.history)
+        .arg(channel)
+        .arg(text.as_bytes())
+        .arg(sender)
+        .arg(retention.size)
+        .arg(millis(retention.ttl))
+        .arg(millis(position_ttl(retention)))
+        .arg(fresh.as_str());
+    cmd
+}
+
+/// Epoch and counter outlive the messages (PROTOCOL.md section 9).
+fn position_ttl(retention: Retention) -> Duration {
+    POSITION_TTL.max(retention.ttl)
+}
+
+/// The position a [`NUMBER`] answer gives, or `None` for an error.
+pub fn numbered(reply: &Value) -> Option<Position> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    match items.as_slice() {
+        [offset, epoch] => Some(Position {
+            offset: int(offset)?,
+            epoch: Epoch::parse(&string(epoch)?)?,
+        }),
+        _ => None,
+    }
+}
+
+/// What to read: the range after `after` (up to `upto`, 0 for the end),
+/// in epoch `want` (`None`: whichever is current), creating the position
+/// with a fresh epoch when `create`.
+#[derive(Debug, Clone)]
+pub struct Range<'a> {
+    pub after: u64,
+    pub upto: u64,
+    pub count: u64,
+    pub want: Option<&'a Epoch>,
+    pub create: bool,
+}
+
+/// One [`READ`] answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The route's position; `None` when it has none.
+    pub position: Option<Position>,
+    /// The last offset this read looked at (kept or skipped).
+    pub scanned: u64,
+    /// Whether entries may follow `scanned` in the range asked for.
+    pub more: bool,
+    /// The kept entries read, oldest first.
+    pub kept: Vec<Kept>,
+}
+
+/// One batch of a route's history.
+pub async fn read(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    range: &Range<'_>,
+    retention: Retention,
+) -> RedisResult<Batch> {
+    let fresh = range.create.then(Epoch::random);
+    let build = || {
+        let mut cmd = READ.invoke();
+        cmd.arg(2)
+            .arg(&keys.position)
+            .arg(&keys.history)
+            .arg(range.after)
+            .arg(range.upto)
+            .arg(range.count)
+            .arg(millis(retention.ttl))
+            .arg(millis(position_ttl(retention)))
+            .arg(fresh.as_ref().map_or("", Epoch::as_str))
+            .arg(range.want.map_or("", Epoch::as_str));
+        cmd
+    };
+    let reply: Value = match build().query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+            load(conn).await?;
+            build().query_async(conn).await?
+        }
+        other => other?,
+    };
+    parse_batch(reply).ok_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected READ answer"))
+    })
+}
+
+fn parse_batch(reply: Value) -> Option<Batch> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let (head, entries) = items.split_at_checked(4)?;
+    let epoch = string(&head[0])?;
+    let position = match epoch.is_empty() {
+        true => None,
+        false => Some(Position {
+            epoch: Epoch::parse(&epoch)?,
+            offset: int(&head[1])?,
+        }),
+    };
+    let mut kept = Vec::with_capacity(entries.len() / 3);
+    for entry in entries.chunks(3) {
+        let [offset, text, sender] = entry else {
+            return None;
+        };
+        kept.push(Kept {
+            offset: int(offset)?,
+            text: Encoded::from_text(string(text)?),
+            sender: string(sender)?.into(),
+        });
+    }
+    Some(Batch {
+        position,
+        scanned: int(&head[2])?,
+        more: int(&head[3])? == 1,
+        kept,
+    })
+}
+
+fn int(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn string(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A socket's recovery of one route: the position (created when the route
+/// has none) and every kept message after `since`, read in batches, then
+/// [`decide`]d whole or lost.
+pub async fn recover(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    since: &Since,
+    retention: Retention,
+) -> RedisResult<Recovery> {
+    let (after, want, count) = match since {
+        Since::New => (0, None, 0),
+        Since::At(at) => (at.offset, Some(&at.epoch), BATCH),
+    };
+    let first = Range {
+        after,
+        upto: 0,
+        count,
+        want,
+        create: true,
+    };
+    let mut batch = read(conn, keys, &first, retention).await?;
+    let Some(position) = batch.position.take() else {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::TypeError,
+            "READ created no position",
+        )));
+    };
+    let mut kept = std::mem::take(&mut batch.kept);
+    // Later batches read up to the position of the first, in its epoch; a
+    // skipped entry (trimmed or past the TTL) makes it lost already.
+    while batch.more && kept.len() as u64 == batch.scanned - after {
+        let next = Range {
+            after: batch.scanned,
+            upto: position.offset,
+            count: BATCH,
+            want: Some(&position.epoch),
+            create: false,
+        };
+        batch = read(conn, keys, &next, retention).await?;
+        if batch.position.as_ref().map(|p| &p.epoch) != Some(&position.epoch) {
+            break;
+        }
+        kept.append(&mut batch.kept);
+    }
+    Ok(Recovery {
+        outcome: decide(since, &position, kept),
+        position: Some(position),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_number_answer_is_a_position() {
+        let reply = Value::Array(vec![Value::Int(7), bulk("abc")]);
+        assert_eq!(
+            numbered(&reply),
+            Some(Position {
+                epoch: Epoch::parse("abc").unwrap(),
+                offset: 7
+            })
+        );
+        assert_eq!(numbered(&Value::Int(1)), None);
+        assert_eq!(numbered(&Value::Array(vec![Value::Int(7)])), None);
+    }
+
+    #[test]
+    fn a_read_answer_is_a_batch() {
+        let reply = Value::Array(vec![
+            bulk("e1"),
+            Value::Int(9),
+            Value::Int(8),
+            Value::Int(1),
+            Value::Int(8),
+            bulk("{\"a\":1}"),
+            bulk("svc"),
+        ]);
+        let batch = parse_batch(reply).unwrap();
+        assert_eq!(batch.position.unwrap().offset, 9);
+        assert_eq!((batch.scanned, batch.more), (8, true));
+        assert_eq!(batch.kept.len(), 1);
+        assert_eq!(&*batch.kept[0].sender, "svc");
+
+        let none = Value::Array(vec![bulk(""), Value::Int(0), Value::Int(0), Value::Int(0)]);
+        assert_eq!(parse_batch(none).unwrap().position, None);
+        assert_eq!(parse_batch(Value::Array(vec![bulk("e")])), None);
+    }
+}

@@ -1,0 +1,690 @@
+//! History and recovery in Redis mode (PROTOCOL.md section 9): real
+//! redis-server processes, two hub instances, real WebSocket clients.
+//! Numbering is one order for every instance and sender; a socket resumes
+//! on any instance; an instance whose pub/sub connection blips, or whose
+//! Redis restarts with persistence, delivers every kept message once, in
+//! order. Redis itself is asked what the hubs stored.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::redis::{kill_pubsub_with, pubsub_with, RedisServer};
+use support::{eventually, msg, Client, TestHub};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+async fn pair(redis: &RedisServer, size: u32, ttl: Duration) -> (TestHub, TestHub) {
+    let adjust = |c: &mut aether_hub::Config| {
+        c.history_size = size;
+        c.history_ttl = ttl;
+    };
+    (
+        TestHub::on_redis(redis, adjust).await,
+        TestHub::on_redis(redis, adjust).await,
+    )
+}
+
+async fn default_pair(redis: &RedisServer) -> (TestHub, TestHub) {
+    pair(redis, 100, Duration::from_secs(300)).await
+}
+
+async fn resume(hub: &TestHub, group: &str, client: &str, query: &str) -> Client {
+    let url = format!("{}?{query}", hub.ws_url(group, client));
+    Client::connect(&url, &[])
+        .await
+        .unwrap_or_else(|e| panic!("resume {group}/{client}?{query}: {e}"))
+}
+
+fn cmd(n: u64) -> Value {
+    msg("group", json!({"cmd": format!("step-{n}")}))
+}
+
+/// The next message that is not a presence event.
+async fn next_message(c: &mut Client) -> Value {
+    loop {
+        let m = c.recv().await;
+        if m["msg_type"] != "presence" {
+            return m;
+        }
+    }
+}
+
+/// Waits until `observer` has seen `n` messages: routed (and kept) by then.
+async fn routed(observer: &mut Client, n: usize) {
+    for _ in 0..n {
+        next_message(observer).await;
+    }
+}
+
+fn offset(m: &Value) -> u64 {
+    m["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no offset: {m}"))
+}
+
+fn position(m: &Value) -> String {
+    format!("{}:{}", m["epoch"].as_str().expect("epoch"), offset(m))
+}
+
+async fn hget(conn: &mut redis::aio::MultiplexedConnection, key: &str, field: &str) -> String {
+    redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn offsets_are_one_order_for_every_instance_and_sender() {
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    let mut on_a = a.connect("g1", "worker").await;
+    let mut on_b = b.connect("g1", "watcher").await;
+    let mut senders = vec![
+        a.connect("g1", "s1").await,
+        b.connect("g1", "s2").await,
+        b.connect("g1", "s3").await,
+    ];
+    // Three senders on two instances, interleaved: 1,000 messages.
+    let tasks: Vec<_> = senders
+        .drain(..)
+        .enumerate()
+        .map(|(i, mut s)| {
+            tokio::spawn(async move {
+                let count = if i == 0 { 334 } else { 333 };
+                for n in 0..count {
+                    s.send(msg("group", json!({"payload": {"from": i, "n": n}})))
+                        .await;
+                }
+                s
+            })
+        })
+        .collect();
+    let mut epoch = None;
+    let mut next_per_sender = [0u64; 3];
+    for expected in 1..=1000u64 {
+        let got_a = next_message(&mut on_a).await;
+        let got_b = next_message(&mut on_b).await;
+        assert_eq!(offset(&got_a), expected);
+        assert_eq!(got_a, got_b, "both instances see one order");
+        let e = got_a["epoch"].as_str().expect("epoch").to_owned();
+        assert_eq!(epoch.get_or_insert(e.clone()), &e, "one epoch");
+        // Each sender's own order holds within the one order.
+        let from = got_a["payload"]["from"].as_u64().unwrap() as usize;
+        assert_eq!(got_a["payload"]["n"], next_per_sender[from]);
+        next_per_sender[from] += 1;
+    }
+    let _senders: Vec<Client> = futures_util::future::try_join_all(tasks).await.unwrap();
+    let epoch = epoch.unwrap();
+
+    let body = json!({"msg_type": "cmd", "target": "group", "group_id": "g1", "from_id": "svc", "cmd": "go"});
+    let published = b.post("/v3/publish", &[], &body.to_string()).await;
+    assert_eq!(published.status, 202);
+    let answer = published.json();
+    assert_eq!(answer["offset"], 1001);
+    assert_eq!(answer["epoch"], epoch.as_str());
+    assert_eq!(offset(&next_message(&mut on_a).await), 1001);
+
+    // The keys, as documented for other services.
+    let mut conn = redis.client().await;
+    let position_key = "{ws:group:g1}:position";
+    assert_eq!(hget(&mut conn, position_key, "e").await, epoch);
+    assert_eq!(hget(&mut conn, position_key, "n").await, "1001");
+    let history_key = "{ws:group:g1}:history";
+    let len: u64 = redis::cmd("XLEN")
+        .arg(history_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 100, "capped at AETHER_HISTORY_SIZE");
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(history_key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (id, fields) = &last[0];
+    assert_eq!(id, "1001-1");
+    let field = |name: &str| fields.iter().find(|(k, _)| k == name).unwrap().1.clone();
+    let text: Value = serde_json::from_str(&field("t")).unwrap();
+    assert_eq!(
+        (text["cmd"].as_str(), text["offset"].as_u64()),
+        (Some("go"), Some(1001))
+    );
+    assert_eq!(field("s"), "svc");
+    assert!(field("at").parse::<u64>().unwrap() > 1_600_000_000_000);
+    let ttl = |key: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert!((1..=300_000).contains(&ttl(history_key).await));
+    assert!(
+        ttl(position_key).await > 23 * 3600 * 1000,
+        "the position outlives the messages"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_resumes_on_another_instance_with_exactly_what_it_missed() {
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    let mut controller = b.connect("line", "planner").await;
+    let mut observer = b.connect("line", "observer").await;
+    let mut worker = a.connect("line", "robot").await;
+    controller.send(cmd(0)).await;
+    let seen = position(&next_message(&mut worker).await);
+    worker.close().await;
+
+    for n in 1..=5 {
+        controller.send(cmd(n)).await;
+    }
+    routed(&mut observer, 6).await;
+    let mut worker = resume(&b, "line", "robot", &format!("since_group={seen}")).await;
+    for n in 1..=5u64 {
+        let m = next_message(&mut worker).await;
+        assert_eq!(m["cmd"], format!("step-{n}"));
+        assert_eq!(offset(&m), n + 1);
+    }
+    let summary = next_message(&mut worker).await;
+    assert_eq!(summary["msg_type"], "recovery");
+    let epoch = seen.split(':').next().unwrap();
+    assert_eq!(
+        summary["payload"],
+        json!({"group": {"recovered": true, "missed": 5, "epoch": epoch, "offset": 6}})
+    );
+
+    controller.send(cmd(6)).await;
+    assert_eq!(
+        offset(&next_message(&mut worker).await),
+        7,
+        "no duplicate, no gap"
+    );
+    worker.expect_silence(QUIET).await;
+}
+
+/// A resume while direct messages keep coming from the other instance:
+/// replay, summary, then live, every offset once and in order.
+#[tokio::test]
+async fn direct_messages_resume_with_live_traffic_and_no_duplicate() {
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    let mut boss = b.connect("h", "boss").await;
+    let mut worker = a.connect("g", "robot").await;
+    let direct = |n: u64| msg("direct", json!({"to_id": "robot", "cmd": format!("d{n}")}));
+    boss.send(direct(0)).await;
+    let first = next_message(&mut worker).await;
+    let (seen, epoch) = (offset(&first), first["epoch"].clone());
+    worker.close().await;
+    for n in 1..=10 {
+        boss.send(direct(n)).await;
+    }
+
+    const TOTAL: u64 = 300;
+    let sending = tokio::spawn(async move {
+        for n in 11..TOTAL {
+            boss.send(direct(n)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        boss
+    });
+    let query = format!("since_client={}:{seen}", epoch.as_str().unwrap());
+    let mut worker = resume(&a, "g", "robot", &query).await;
+    let mut expected = seen + 1;
+    let mut summary = None;
+    while expected < TOTAL + seen {
+        let m = next_message(&mut worker).await;
+        if m["msg_type"] == "recovery" {
+            assert!(summary.is_none(), "one summary");
+            let client = m["payload"]["client"].clone();
+            assert_eq!(client["recovered"], true);
+            assert_eq!(client["epoch"], epoch);
+            assert_eq!(
+                client["offset"],
+                expected - 1,
+                "the replay ends where live starts"
+            );
+            assert_eq!(client["missed"], expected - 1 - seen);
+            summary = Some(client);
+            continue;
+        }
+        assert_eq!(offset(&m), expected, "{m}");
+        assert_eq!(m["cmd"], format!("d{}", expected - 1));
+        expected += 1;
+    }
+    assert!(summary.is_some(), "the summary came");
+    let _boss = sending.await.unwrap();
+    worker.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn too_little_history_or_another_epoch_is_lost_and_nothing_is_replayed() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis, 3, Duration::from_secs(300)).await;
+    let mut controller = b.connect("line", "planner").await;
+    let mut observer = b.connect("line", "observer").await;
+    let mut worker = a.connect("line", "robot").await;
+    controller.send(cmd(0)).await;
+    let first = next_message(&mut worker).await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    worker.close().await;
+    for n in 1..=5 {
+        controller.send(cmd(n)).await;
+    }
+    routed(&mut observer, 6).await;
+
+    let lost = json!({"group": {"recovered": false, "missed": 0, "epoch": epoch, "offset": 6}});
+    for since in [
+        format!("{epoch}:1"),
+        "another:1".to_owned(),
+        format!("{epoch}:99"),
+    ] {
+        let mut worker = resume(&a, "line", "robot", &format!("since_group={since}")).await;
+        let summary = next_message(&mut worker).await;
+        assert_eq!(
+            summary["msg_type"], "recovery",
+            "nothing replayed for {since}"
+        );
+        assert_eq!(summary["payload"], lost, "{since}");
+        worker.close().await;
+    }
+    // Still whole within what is kept.
+    let mut worker = resume(&a, "line", "robot", &format!("since_group={epoch}:3")).await;
+    assert_eq!(offset(&next_message(&mut worker).await), 4);
+    assert_eq!(offset(&next_message(&mut worker).await), 5);
+    assert_eq!(offset(&next_message(&mut worker).await), 6);
+    assert_eq!(
+        next_message(&mut worker).await["payload"]["group"]["missed"],
+        3
+    );
+}
+
+#[tokio::test]
+async fn messages_past_the_ttl_are_lost() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis, 100, Duration::from_secs(1)).await;
+    let mut controller = b.connect("line", "planner").await;
+    let mut worker = a.connect("line", "robot").await;
+    controller.send(cmd(0)).await;
+    let seen = position(&next_message(&mut worker).await);
+    worker.close().await;
+    controller.send(cmd(1)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut worker = resume(&a, "line", "robot", &format!("since_group={seen}")).await;
+    let summary = next_message(&mut worker).await;
+    assert_eq!(summary["payload"]["group"]["recovered"], false);
+    assert_eq!(
+        summary["payload"]["group"]["offset"], 2,
+        "the position outlives them"
+    );
+}
+
+#[tokio::test]
+async fn asking_for_a_position_creates_it_for_a_day() {
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    let mut first = resume(&a, "quiet", "c1", "since_group=new&since_client=new").await;
+    let summary = next_message(&mut first).await;
+    let group = summary["payload"]["group"].clone();
+    assert_eq!(
+        (group["recovered"].clone(), group["missed"].clone()),
+        (json!(true), json!(0))
+    );
+    assert_eq!(group["offset"], 0);
+    let epoch = group["epoch"].as_str().unwrap().to_owned();
+    assert!(!epoch.is_empty());
+
+    let mut conn = redis.client().await;
+    assert_eq!(
+        hget(&mut conn, "{ws:group:quiet}:position", "e").await,
+        epoch
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("{ws:group:quiet}:position")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 23 * 3600 * 1000);
+
+    // The other instance answers with the same position, and numbering
+    // continues in that epoch.
+    let mut second = resume(&b, "quiet", "c2", "since_group=new").await;
+    let again = next_message(&mut second).await;
+    assert_eq!(again["payload"]["group"]["epoch"], epoch.as_str());
+    second.send(msg("group", json!({"msg": "hi"}))).await;
+    let m = next_message(&mut first).await;
+    assert_eq!((offset(&m), m["epoch"].as_str()), (1, Some(epoch.as_str())));
+}
+
+#[tokio::test]
+async fn with_history_off_redis_mode_is_as_before() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis, 0, Duration::from_secs(300)).await;
+    let mut worker = resume(&a, "g", "robot", "since_group=x:1").await;
+    let summary = next_message(&mut worker).await;
+    assert_eq!(
+        summary["payload"],
+        json!({"group": {"recovered": false, "missed": 0, "epoch": "", "offset": 0}})
+    );
+    let mut boss = b.connect("g", "boss").await;
+    boss.send(msg("group", json!({"msg": "plain"}))).await;
+    let m = next_message(&mut worker).await;
+    assert_eq!(m["msg"], "plain");
+    assert!(m.get("offset").is_none() && m.get("epoch").is_none());
+    let body = json!({"msg_type": "cmd", "target": "group", "group_id": "g", "from_id": "svc"});
+    let answer = b.post("/v3/publish", &[], &body.to_string()).await.json();
+    assert_eq!(answer, json!({"status": "accepted"}));
+    let mut conn = redis.client().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("{*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "no history keys: {keys:?}");
+}
+
+#[tokio::test]
+async fn raw_publishes_pass_byte_for_byte_between_numbered_messages() {
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    let mut worker = a.connect("g1", "w1").await;
+    let mut boss = b.connect("g1", "boss").await;
+    boss.send(cmd(1)).await;
+    assert_eq!(offset(&next_message(&mut worker).await), 1);
+    let mut conn = redis.client().await;
+    let raw = r#"{ "msg_type":"cmd", "target":"group", "from_id":"backend", "cmd":"x" }"#;
+    support::redis::publish(&mut conn, "ws:group:g1", raw).await;
+    assert_eq!(worker.ws_next_text().await.as_deref(), Some(raw));
+    boss.send(cmd(2)).await;
+    assert_eq!(offset(&next_message(&mut worker).await), 2);
+}
+
+/// Sends group commands from `sender` every `every` until `stop`; returns
+/// the socket and how many it sent.
+fn keep_sending(
+    mut sender: Client,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Client, u64)> {
+    tokio::spawn(async move {
+        let mut n = 0;
+        while !stop.load(Ordering::SeqCst) {
+            sender.send(cmd(n)).await;
+            n += 1;
+            tokio::time::sleep(every).await;
+        }
+        (sender, n)
+    })
+}
+
+/// Reads `client` until a message numbered `last`, asserting every kept
+/// message comes once, in order, in one epoch; returns how many came.
+async fn consecutive_until(client: &mut Client, last: u64) -> u64 {
+    let mut expected = 1;
+    let mut epoch: Option<String> = None;
+    while expected <= last {
+        let m = next_message(client).await;
+        assert_eq!(offset(&m), expected, "every offset once, in order");
+        let e = m["epoch"].as_str().unwrap().to_owned();
+        assert_eq!(epoch.get_or_insert(e.clone()), &e);
+        expected += 1;
+    }
+    expected - 1
+}
+
+#[tokio::test]
+async fn a_pubsub_blip_loses_and_repeats_nothing() {
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    // On A: client:w1, client:w2, group:line, broadcast = 4 channels.
+    // On B: client:planner, group:line, broadcast = 3.
+    let mut w1 = a.connect("line", "w1").await;
+    let mut w2 = a.connect("line", "w2").await;
+    let planner = b.connect("line", "planner").await;
+    let mut conn = redis.client().await;
+    assert_eq!(pubsub_with(&mut conn, 4).await, 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sending = keep_sending(planner, Duration::from_millis(2), stop.clone());
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(kill_pubsub_with(&mut conn, 4).await, 1, "A's pub/sub only");
+        eventually("A subscribed again", || {
+            let mut conn = conn.clone();
+            async move { pubsub_with(&mut conn, 4).await == 1 }
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (_planner, sent) = sending.await.unwrap();
+    assert!(a.metric("aether_redis_reconnects_total").await >= 3.0);
+
+    // B never blipped: every frame it took was numbered.
+    assert_eq!(consecutive_until(&mut w1, sent).await, sent);
+    assert_eq!(consecutive_until(&mut w2, sent).await, sent);
+    w1.expect_silence(QUIET).await;
+    w2.expect_silence(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn a_redis_restart_with_persistence_keeps_the_numbering_whole() {
+    let mut redis = RedisServer::start_persistent();
+    let (a, b) = default_pair(&redis).await;
+    let mut w1 = a.connect("line", "w1").await;
+    let mut planner = b.connect("line", "planner").await;
+    planner.send(cmd(0)).await;
+    let before = next_message(&mut w1).await; // numbering began
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sending = keep_sending(planner, Duration::from_millis(5), stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill();
+    a.wait_ready(503).await;
+    b.wait_ready(503).await;
+    redis.restart();
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+    let mut conn = redis.client().await;
+    let at_restart: u64 = hget(&mut conn, "{ws:group:line}:position", "n")
+        .await
+        .parse()
+        .unwrap();
+    assert!(
+        at_restart > 1,
+        "messages numbered before the crash were kept"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (_planner, _) = sending.await.unwrap();
+
+    // The last numbered message, published through B after the restart.
+    let body = json!({"msg_type": "cmd", "target": "group", "group_id": "line", "from_id": "svc", "cmd": "end"});
+    let answer = b.post("/v3/publish", &[], &body.to_string()).await.json();
+    let last = answer["offset"].as_u64().expect("numbered");
+    assert_eq!(
+        answer["epoch"], before["epoch"],
+        "persistence kept the epoch"
+    );
+    assert!(last > at_restart + 1, "messages numbered after the restart");
+
+    // w1 already had offset 1; everything after it, once and in order.
+    let mut expected = offset(&before) + 1;
+    while expected <= last {
+        let m = next_message(&mut w1).await;
+        assert_eq!(
+            offset(&m),
+            expected,
+            "every numbered message once, in order"
+        );
+        assert_eq!(m["epoch"], before["epoch"]);
+        expected += 1;
+    }
+    w1.expect_silence(QUIET).await;
+}
+
+/// Kept messages published while an instance's pub/sub connection is down,
+/// with nothing after them: the instance fetches them once it is back.
+#[tokio::test]
+async fn what_was_published_during_a_blip_arrives_without_newer_traffic() {
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    // On A: client:w1, group:line, broadcast = 3 channels; B holds none.
+    let mut w1 = a.connect("line", "w1").await;
+    let publish = |n: u64| {
+        let body = json!({"msg_type": "cmd", "target": "group", "group_id": "line",
+                          "from_id": "svc", "cmd": format!("c{n}")});
+        let b = &b;
+        async move { b.post("/v3/publish", &[], &body.to_string()).await.json() }
+    };
+    assert_eq!(publish(1).await["offset"], 1);
+    assert_eq!(offset(&next_message(&mut w1).await), 1);
+
+    let mut conn = redis.client().await;
+    assert_eq!(kill_pubsub_with(&mut conn, 3).await, 1, "A's pub/sub only");
+    for n in 2..=6 {
+        assert_eq!(publish(n).await["offset"], n);
+    }
+    for n in 2..=6 {
+        let m = next_message(&mut w1).await;
+        assert_eq!(
+            (offset(&m), m["cmd"].as_str()),
+            (n, Some(format!("c{n}").as_str()))
+        );
+    }
+    w1.expect_silence(QUIET).await;
+    assert!(a.metric("aether_gap_repairs_total").await >= 1.0);
+    assert!(a.metric("aether_messages_repaired_total").await >= 1.0);
+}
+
+/// `SCRIPT FLUSH` (or a Redis that forgot its scripts): the hub loads them
+/// again and numbering, recovery and receipts go on.
+#[tokio::test]
+async fn a_script_flush_is_survived() {
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    let mut worker = a.connect("line", "robot").await;
+    let mut boss = b.connect("line", "boss").await;
+    boss.send(cmd(1)).await;
+    let seen = position(&next_message(&mut worker).await);
+    worker.close().await;
+
+    let mut conn = redis.client().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    boss.send(cmd(2)).await;
+    let body = json!({"msg_type": "cmd", "target": "group", "group_id": "line", "from_id": "svc"});
+    assert_eq!(
+        b.post("/v3/publish", &[], &body.to_string()).await.json()["offset"],
+        3
+    );
+
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut worker = resume(&a, "line", "robot", &format!("since_group={seen}")).await;
+    assert_eq!(offset(&next_message(&mut worker).await), 2);
+    assert_eq!(offset(&next_message(&mut worker).await), 3);
+    assert_eq!(
+        next_message(&mut worker).await["payload"]["group"]["missed"],
+        2
+    );
+}
+
+/// Redis restarted empty: the route's numbering starts again in a new
+/// epoch, and the surviving sockets get it from its offset 1 on, whichever
+/// instance's pub/sub connection came back first.
+#[tokio::test]
+async fn a_redis_that_lost_everything_starts_a_new_epoch_at_one() {
+    let mut redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    let mut w1 = a.connect("line", "w1").await;
+    let mut planner = b.connect("line", "planner").await;
+    planner.send(cmd(0)).await;
+    let first = next_message(&mut w1).await;
+    assert_eq!(offset(&first), 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sending = keep_sending(planner, Duration::from_millis(5), stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.kill();
+    a.wait_ready(503).await;
+    b.wait_ready(503).await;
+    redis.restart();
+    b.wait_ready(200).await;
+    a.wait_ready(200).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (_planner, _) = sending.await.unwrap();
+    let body = json!({"msg_type": "cmd", "target": "group", "group_id": "line", "from_id": "svc"});
+    let answer = b.post("/v3/publish", &[], &body.to_string()).await.json();
+    let (last, new_epoch) = (answer["offset"].as_u64().unwrap(), answer["epoch"].clone());
+    assert_ne!(new_epoch, first["epoch"]);
+
+    let mut expected = (first["epoch"].clone(), 2);
+    loop {
+        let m = next_message(&mut w1).await;
+        if m["epoch"] != expected.0 {
+            assert_eq!(m["epoch"], new_epoch, "{m}");
+            expected = (new_epoch.clone(), 1);
+        }
+        assert_eq!(offset(&m), expected.1, "every offset once, in order: {m}");
+        if expected == (new_epoch.clone(), last) {
+            break;
+        }
+        expected.1 += 1;
+    }
+    w1.expect_silence(QUIET).await;
+}
+
+/// Redis loses the route's keys while an instance's pub/sub connection is
+/// down, and the new numbering begins before it is back: it delivers the
+/// new epoch from offset 1.
+#[tokio::test]
+async fn a_new_epoch_begun_during_a_blip_is_delivered_from_one() {
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    // On A: client:w1, group:line, broadcast = 3 channels; B holds none.
+    let mut w1 = a.connect("line", "w1").await;
+    let body = json!({"msg_type": "cmd", "target": "group", "group_id": "line", "from_id": "svc"});
+    let publish = || async { b.post("/v3/publish", &[], &body.to_string()).await.json() };
+    let old = publish().await;
+    assert_eq!(offset(&next_message(&mut w1).await), 1);
+
+    let mut conn = redis.client().await;
+    assert_eq!(kill_pubsub_with(&mut conn, 3).await, 1, "A's pub/sub only");
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let mut epoch = None;
+    for n in 1..=3 {
+        let answer = publish().await;
+        assert_eq!(answer["offset"], n);
+        assert_ne!(answer["epoch"], old["epoch"]);
+        epoch = Some(answer["epoch"].clone());
+    }
+    for n in 1..=3 {
+        let m = next_message(&mut w1).await;
+        assert_eq!((offset(&m), &m["epoch"]), (n, epoch.as_ref().unwrap()));
+    }
+    w1.expect_silence(QUIET).await;
+    // Metrics are per process (both hubs, every test of this binary).
+    assert!(a.metric("aether_messages_repaired_total").await >= 3.0);
+}
