@@ -8,8 +8,11 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use support::{msg, Client, Event, TestHub};
+use serde_json::json;
+use support::history::{
+    cmd, next_message, position, reconnect_storm, replay_skips_own_messages, resume, routed,
+};
+use support::{msg, Event, TestHub};
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -19,39 +22,6 @@ async fn hub_with(size: u32, ttl: Duration) -> TestHub {
         c.history_ttl = ttl;
     })
     .await
-}
-
-async fn resume(hub: &TestHub, group: &str, client: &str, query: &str) -> Client {
-    let url = format!("{}?{query}", hub.ws_url(group, client));
-    Client::connect(&url, &[])
-        .await
-        .unwrap_or_else(|e| panic!("resume {group}/{client}?{query}: {e}"))
-}
-
-fn cmd(n: u64) -> Value {
-    msg("group", json!({"cmd": format!("step-{n}")}))
-}
-
-/// Waits until `observer` has seen `n` messages: they have been routed
-/// (and kept) by then.
-async fn routed(observer: &mut Client, n: usize) {
-    for _ in 0..n {
-        next_message(observer).await;
-    }
-}
-
-/// The next message that is not a presence event.
-async fn next_message(c: &mut Client) -> Value {
-    loop {
-        let m = c.recv().await;
-        if m["msg_type"] != "presence" {
-            return m;
-        }
-    }
-}
-
-fn position(m: &Value) -> String {
-    format!("{}:{}", m["epoch"].as_str().expect("epoch"), m["offset"])
 }
 
 #[tokio::test]
@@ -141,30 +111,7 @@ async fn a_worker_that_blips_gets_exactly_what_it_missed_then_live() {
 #[tokio::test]
 async fn a_replay_skips_the_clients_own_group_messages_as_live_routing_does() {
     let hub = TestHub::start().await;
-    let mut worker = hub.connect("line", "robot").await;
-    let mut controller = hub.connect("line", "planner").await;
-    let mut observer = hub.connect("line", "observer").await;
-    controller.send(cmd(0)).await;
-    let seen = position(&next_message(&mut worker).await);
-    worker.close().await;
-
-    controller.send(cmd(1)).await;
-    // The worker's own report, published for it by a service.
-    let own = json!({"msg_type": "msg", "target": "group", "group_id": "line", "from_id": "robot", "msg": "mine"});
-    assert_eq!(
-        hub.post("/v3/publish", &[], &own.to_string()).await.status,
-        202
-    );
-    controller.send(cmd(2)).await;
-    routed(&mut observer, 4).await;
-
-    let mut worker = resume(&hub, "line", "robot", &format!("since_group={seen}")).await;
-    assert_eq!(next_message(&mut worker).await["cmd"], "step-1");
-    assert_eq!(next_message(&mut worker).await["cmd"], "step-2");
-    let summary = next_message(&mut worker).await;
-    assert_eq!(summary["payload"]["group"]["recovered"], true);
-    assert_eq!(summary["payload"]["group"]["missed"], 2);
-    assert_eq!(summary["payload"]["group"]["offset"], 4);
+    replay_skips_own_messages(&hub, &hub).await;
 }
 
 #[tokio::test]
@@ -371,66 +318,9 @@ async fn resuming_under_traffic_has_no_duplicate_and_no_gap() {
     let _ = sender.await;
 }
 
-/// A thousand sockets come back at once with their positions; each gets
-/// exactly its missed messages, and a socket that stayed keeps receiving
-/// live traffic meanwhile.
 #[tokio::test]
 async fn a_reconnect_storm_recovers_every_socket() {
-    aether_hub::fdlimit::raise();
+    // 1,000 sockets resume at once while others keep talking.
     let hub = TestHub::start().await;
-    let mut controller = hub.connect("ops", "planner").await;
-    let mut steady = hub.connect("calm", "steady").await;
-    let mut probe = resume(&hub, "probe", "probe", "since_broadcast=new").await;
-    let summary = next_message(&mut probe).await;
-    let b = &summary["payload"]["broadcast"];
-    let seen = format!("{}:{}", b["epoch"].as_str().unwrap(), b["offset"]);
-    for n in 1..=3 {
-        controller
-            .send(msg("broadcast", json!({"cmd": format!("step-{n}")})))
-            .await;
-    }
-    // Routed before the storm: the probe has them all.
-    for _ in 0..3 {
-        next_message(&mut probe).await;
-    }
-
-    let sockets = 1000;
-    let storm = futures_util::future::join_all((0..sockets).map(|i| {
-        let url = format!(
-            "{}?since_broadcast={seen}",
-            hub.ws_url(&format!("g{i}"), &format!("w{i}"))
-        );
-        async move {
-            let mut c = Client::connect(&url, &[]).await.expect("reconnect");
-            let mut got = Vec::new();
-            loop {
-                let m = next_message(&mut c).await;
-                if m["msg_type"] == "recovery" {
-                    return (got, m["payload"]["broadcast"].clone(), c);
-                }
-                got.push(m["cmd"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-    }));
-    let live = async {
-        for n in 0..20 {
-            let mut c = hub.connect("calm", &format!("talker{n}")).await;
-            c.send(msg("group", json!({"msg": format!("m{n}")}))).await;
-            c.close().await;
-        }
-    };
-    let (results, ()) = tokio::join!(storm, live);
-    assert_eq!(results.len(), sockets);
-    for (got, summary, _) in &results {
-        assert_eq!(got, &["step-1", "step-2", "step-3"]);
-        assert_eq!(summary["recovered"], true);
-        assert_eq!(summary["missed"], 3);
-    }
-    let mut heard = 0;
-    while heard < 20 {
-        let m = next_message(&mut steady).await;
-        if m["target"] == "group" {
-            heard += 1;
-        }
-    }
+    reconnect_storm(&hub, &hub).await;
 }

@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::history::{
+    cmd, next_message, offset, position, reconnect_storm, replay_skips_own_messages, resume, routed,
+};
 use support::redis::{kill_pubsub_with, pubsub_with, RedisServer};
 use support::{eventually, msg, Client, TestHub};
 
@@ -30,44 +33,6 @@ async fn pair(redis: &RedisServer, size: u32, ttl: Duration) -> (TestHub, TestHu
 
 async fn default_pair(redis: &RedisServer) -> (TestHub, TestHub) {
     pair(redis, 100, Duration::from_secs(300)).await
-}
-
-async fn resume(hub: &TestHub, group: &str, client: &str, query: &str) -> Client {
-    let url = format!("{}?{query}", hub.ws_url(group, client));
-    Client::connect(&url, &[])
-        .await
-        .unwrap_or_else(|e| panic!("resume {group}/{client}?{query}: {e}"))
-}
-
-fn cmd(n: u64) -> Value {
-    msg("group", json!({"cmd": format!("step-{n}")}))
-}
-
-/// The next message that is not a presence event.
-async fn next_message(c: &mut Client) -> Value {
-    loop {
-        let m = c.recv().await;
-        if m["msg_type"] != "presence" {
-            return m;
-        }
-    }
-}
-
-/// Waits until `observer` has seen `n` messages: routed (and kept) by then.
-async fn routed(observer: &mut Client, n: usize) {
-    for _ in 0..n {
-        next_message(observer).await;
-    }
-}
-
-fn offset(m: &Value) -> u64 {
-    m["offset"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no offset: {m}"))
-}
-
-fn position(m: &Value) -> String {
-    format!("{}:{}", m["epoch"].as_str().expect("epoch"), offset(m))
 }
 
 async fn hget(conn: &mut redis::aio::MultiplexedConnection, key: &str, field: &str) -> String {
@@ -693,31 +658,7 @@ async fn a_new_epoch_begun_during_a_blip_is_delivered_from_one() {
 async fn a_replay_on_another_instance_skips_the_clients_own_group_messages() {
     let redis = RedisServer::start();
     let (a, b) = default_pair(&redis).await;
-    let mut worker = b.connect("line", "robot").await;
-    let mut controller = a.connect("line", "planner").await;
-    let mut observer = a.connect("line", "observer").await;
-    controller.send(cmd(0)).await;
-    let seen = position(&next_message(&mut worker).await);
-    worker.close().await;
-
-    controller.send(cmd(1)).await;
-    let own = json!({"msg_type": "msg", "target": "group", "group_id": "line", "from_id": "robot", "msg": "mine"});
-    assert_eq!(
-        a.post("/v3/publish", &[], &own.to_string()).await.status,
-        202
-    );
-    controller.send(cmd(2)).await;
-    routed(&mut observer, 4).await;
-
-    let mut worker = resume(&b, "line", "robot", &format!("since_group={seen}")).await;
-    assert_eq!(next_message(&mut worker).await["cmd"], "step-1");
-    assert_eq!(next_message(&mut worker).await["cmd"], "step-2");
-    let summary = next_message(&mut worker).await;
-    assert_eq!(summary["msg_type"], "recovery");
-    let group = &summary["payload"]["group"];
-    assert_eq!(group["recovered"], true);
-    assert_eq!(group["missed"], 2);
-    assert_eq!(group["offset"], 4);
+    replay_skips_own_messages(&a, &b).await;
 }
 
 #[tokio::test]
@@ -743,63 +684,11 @@ async fn a_quiet_spell_longer_than_the_ttl_loses_nothing() {
     );
 }
 
-/// A thousand sockets come back at once on one instance, with positions,
-/// while the other instance published what they missed; each recovers
-/// exactly that, and a socket that stayed keeps getting live traffic.
 #[tokio::test]
 async fn a_reconnect_storm_across_instances_recovers_every_socket() {
-    aether_hub::fdlimit::raise();
+    // 1,000 sockets resume at once on one instance; the other published
+    // what they missed and keeps talking.
     let redis = RedisServer::start();
     let (a, b) = default_pair(&redis).await;
-    let mut controller = a.connect("ops", "planner").await;
-    let mut steady = b.connect("calm", "steady").await;
-    let mut probe = resume(&b, "probe", "probe", "since_broadcast=new").await;
-    let summary = next_message(&mut probe).await;
-    let at = &summary["payload"]["broadcast"];
-    let seen = format!("{}:{}", at["epoch"].as_str().unwrap(), at["offset"]);
-    for n in 1..=3 {
-        controller
-            .send(msg("broadcast", json!({"cmd": format!("step-{n}")})))
-            .await;
-    }
-    routed(&mut probe, 3).await;
-
-    let sockets = 1000;
-    let storm = futures_util::future::join_all((0..sockets).map(|i| {
-        let url = format!(
-            "{}?since_broadcast={seen}",
-            b.ws_url(&format!("g{i}"), &format!("w{i}"))
-        );
-        async move {
-            let mut c = Client::connect(&url, &[]).await.expect("reconnect");
-            let mut got = Vec::new();
-            loop {
-                let m = next_message(&mut c).await;
-                if m["msg_type"] == "recovery" {
-                    return (got, m["payload"]["broadcast"].clone(), c);
-                }
-                got.push(m["cmd"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-    }));
-    let live = async {
-        for n in 0..20 {
-            let mut c = a.connect("calm", &format!("talker{n}")).await;
-            c.send(msg("group", json!({"msg": format!("m{n}")}))).await;
-            c.close().await;
-        }
-    };
-    let (results, ()) = tokio::join!(storm, live);
-    assert_eq!(results.len(), sockets);
-    for (got, summary, _) in &results {
-        assert_eq!(got, &["step-1", "step-2", "step-3"]);
-        assert_eq!(summary["recovered"], true);
-        assert_eq!(summary["missed"], 3);
-    }
-    let mut heard = 0;
-    while heard < 20 {
-        if next_message(&mut steady).await["target"] == "group" {
-            heard += 1;
-        }
-    }
+    reconnect_storm(&a, &b).await;
 }
