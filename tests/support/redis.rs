@@ -139,15 +139,20 @@ pub async fn numsub(conn: &mut MultiplexedConnection, channel: &str) -> i64 {
     count
 }
 
-/// How many pub/sub connections the server has.
-pub async fn pubsub_connections(conn: &mut MultiplexedConnection) -> usize {
-    let list: String = redis::cmd("CLIENT")
+/// `CLIENT LIST TYPE pubsub`: one line per pub/sub connection.
+async fn pubsub_list(conn: &mut MultiplexedConnection) -> String {
+    redis::cmd("CLIENT")
         .arg("LIST")
         .arg("TYPE")
         .arg("pubsub")
         .query_async(conn)
         .await
-        .expect("CLIENT LIST");
+        .expect("CLIENT LIST")
+}
+
+/// How many pub/sub connections the server has.
+pub async fn pubsub_connections(conn: &mut MultiplexedConnection) -> usize {
+    let list = pubsub_list(conn).await;
     list.lines().filter(|l| !l.trim().is_empty()).count()
 }
 
@@ -173,13 +178,7 @@ pub async fn publish(conn: &mut MultiplexedConnection, channel: &str, text: &str
 /// Closes the pub/sub connections subscribed to exactly `subs` channels
 /// (`CLIENT KILL ID`), as a network blip would; returns how many.
 pub async fn kill_pubsub_with(conn: &mut MultiplexedConnection, subs: usize) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(conn)
-        .await
-        .expect("CLIENT LIST");
+    let list = pubsub_list(conn).await;
     let field = |line: &str, name: &str| {
         line.split(' ')
             .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
@@ -207,13 +206,7 @@ pub async fn kill_pubsub_with(conn: &mut MultiplexedConnection, subs: usize) -> 
 
 /// How many pub/sub connections are subscribed to exactly `subs` channels.
 pub async fn pubsub_with(conn: &mut MultiplexedConnection, subs: usize) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(conn)
-        .await
-        .expect("CLIENT LIST");
+    let list = pubsub_list(conn).await;
     let wanted = format!(" sub={subs} ");
     list.lines().filter(|l| l.contains(&wanted)).count()
 }
