@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{Broker, BrokerError, Keep, MemoryBroker, Receipt};
 use crate::channels::Route;
 use crate::config::Limits;
-use crate::history::{Recovery, Resume, Resumed};
+use crate::history::{Resume, Resumed};
 use crate::metrics::{self, DropReason};
 use crate::outbox::{Kick, Outbox};
 use crate::presence::{MemoryPresence, Presence, PresenceError};
@@ -203,15 +203,8 @@ impl Hub {
     ) -> Result<Resumed, BrokerError> {
         let mut answers = Vec::new();
         for (kind, since) in resume.iter() {
-            let recovery = match self.limits.history.is_on() {
-                true => {
-                    self.broker
-                        .recover(&kind.route(group, client), since)
-                        .await?
-                }
-                false => Recovery::off(),
-            };
-            answers.push((*kind, recovery));
+            let route = kind.route(group, client);
+            answers.push((*kind, self.broker.recover(&route, since).await?));
         }
         Ok(Resumed::assemble(group, client, answers))
     }
@@ -347,17 +340,20 @@ mod tests {
         hub.reserve().expect("capacity left")
     }
 
+    /// A socket of `client` in `group`, resuming nothing.
+    async fn join(hub: &Arc<Hub>, group: &str, client: &str) -> Connected {
+        hub.connect(id(group), id(client), slot(hub), &Resume::default())
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn capacity_is_reserved_per_socket_and_given_back() {
         let mut limits = Config::for_tests().limits();
         limits.max_connections = 2;
         let hub = Hub::in_memory(limits);
         let first = hub.reserve().unwrap();
-        let member = hub
-            .connect(id("g"), id("a"), slot(&hub), &Resume::default())
-            .await
-            .unwrap()
-            .member;
+        let member = join(&hub, "g", "a").await.member;
         assert!(hub.reserve().is_none(), "full with two taken");
         drop(first);
         let third = hub.reserve().expect("a slot came back");
@@ -390,7 +386,7 @@ mod tests {
             &'a self,
             route: &'a Route,
             since: &'a crate::history::Since,
-        ) -> BoxFuture<'a, Result<Recovery, BrokerError>> {
+        ) -> BoxFuture<'a, Result<crate::history::Recovery, BrokerError>> {
             self.inner.recover(route, since)
         }
         fn subscribe(&self, routes: &[Route]) {
@@ -424,21 +420,9 @@ mod tests {
             Config::for_tests().limits(),
         );
 
-        let a = hub
-            .connect(id("g"), id("a"), slot(&hub), &Resume::default())
-            .await
-            .unwrap()
-            .member;
-        let b = hub
-            .connect(id("g"), id("b"), slot(&hub), &Resume::default())
-            .await
-            .unwrap()
-            .member;
-        let a2 = hub
-            .connect(id("g"), id("a"), slot(&hub), &Resume::default())
-            .await
-            .unwrap()
-            .member;
+        let a = join(&hub, "g", "a").await.member;
+        let b = join(&hub, "g", "b").await.member;
+        let a2 = join(&hub, "g", "a").await.member;
         drop(a);
         drop(b);
         drop(a2);
@@ -471,15 +455,8 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_session_leaves_and_the_hub_goes_on() {
         let hub = Hub::in_memory(Config::for_tests().limits());
-        let alice = hub
-            .connect(id("g"), id("alice"), slot(&hub), &Resume::default())
-            .await
-            .unwrap()
-            .member;
-        let bob = hub
-            .connect(id("g"), id("bob"), slot(&hub), &Resume::default())
-            .await
-            .unwrap();
+        let alice = join(&hub, "g", "alice").await.member;
+        let bob = join(&hub, "g", "bob").await;
         let (_bob, mut bob_rx) = (bob.member, bob.rx);
         let crashed = tokio::spawn(async move {
             let _alice = alice;
@@ -500,11 +477,7 @@ mod tests {
         );
         assert_eq!(hub.members(&id("g")).await.unwrap(), ["bob"]);
 
-        let _carol = hub
-            .connect(id("g"), id("carol"), slot(&hub), &Resume::default())
-            .await
-            .unwrap()
-            .member;
+        let _carol = join(&hub, "g", "carol").await.member;
         let join = bob_rx.recv().await.expect("bob's queue is open");
         assert_eq!(
             payload(join),

@@ -4,12 +4,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
-
-use super::{BoxFuture, Broker, BrokerError, Keep, Receipt};
+use super::{receipt, BoxFuture, Broker, BrokerError, Keep, Receipt};
 use crate::channels::Route;
 use crate::history::memory::MemoryHistory;
-use crate::history::{Recovery, Retention, Since};
+use crate::history::{Position, Recovery, Retention, Since};
 use crate::protocol::Encoded;
 use crate::router::Router;
 
@@ -35,17 +33,20 @@ impl MemoryBroker {
 
     /// Numbers, keeps and dispatches a message; sweeps now and then, so
     /// history stays bounded without a task of its own.
-    fn keep(&self, history: &MemoryHistory, route: &Route, msg: &Encoded, sender: &str) -> Receipt {
+    fn keep(
+        &self,
+        history: &MemoryHistory,
+        route: &Route,
+        msg: &Encoded,
+        sender: &str,
+    ) -> Position {
         if self.since_sweep.fetch_add(1, Ordering::Relaxed) >= SWEEP_EVERY {
             self.since_sweep.store(0, Ordering::Relaxed);
             history.sweep();
         }
-        let position = history.append(route, msg.as_str(), sender, |numbered| {
+        history.append(route, msg.as_str(), sender, |numbered| {
             self.router.dispatch(route, numbered, sender);
-        });
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(position);
-        rx
+        })
     }
 }
 
@@ -59,8 +60,9 @@ impl Broker for MemoryBroker {
     ) -> Result<Option<Receipt>, BrokerError> {
         match (&self.history, keep) {
             (Some(history), Keep::Yes | Keep::WithReceipt) => {
-                let receipt = self.keep(history, route, &msg, sender);
-                Ok((keep == Keep::WithReceipt).then_some(receipt))
+                let position = self.keep(history, route, &msg, sender);
+                // A receipt (a channel) only for the caller who asked.
+                Ok((keep == Keep::WithReceipt).then(|| receipt(position)))
             }
             _ => {
                 self.router.dispatch(route, &msg, sender);
