@@ -145,7 +145,8 @@ impl RouteKind {
     /// `target` (the hub writes it as the third field).
     fn of_text(text: &str) -> Option<RouteKind> {
         const FIELD: &str = "\"target\":\"";
-        let head = &text[..text.len().min(64)];
+        // Raw text from a service may hold any characters: never cut one.
+        let head = text.get(..64).unwrap_or(text);
         let start = head.find(FIELD)? + FIELD.len();
         let rest = &text[start..];
         if rest.starts_with("direct\"") {
