@@ -105,6 +105,11 @@ pub struct Config {
     #[arg(long, env = "AETHER_ALLOW_CLIENT_BROADCAST", default_value_t = true, action = clap::ArgAction::Set)]
     pub allow_client_broadcast: bool,
 
+    /// Whether the hub serves the web console at `/console` (and redirects
+    /// `/` there).
+    #[arg(long, env = "AETHER_CONSOLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub console: bool,
+
     /// Largest frame a client may send, in bytes (larger: close 1009).
     #[arg(long, env = "AETHER_MAX_MESSAGE_BYTES", default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(64..=16 * 1024 * 1024))]
@@ -325,6 +330,7 @@ mod tests {
         assert!(c.instance_id.starts_with("hub-"));
         assert_eq!(c.history_size, 100);
         assert_eq!(c.history_ttl, Duration::from_secs(300));
+        assert!(c.console);
     }
 
     #[test]
@@ -359,6 +365,7 @@ mod tests {
             (&["--redis-url", "localhost"][..], "AETHER_REDIS_URL"),
             (&["--presence-ttl", "0.5"][..], "AETHER_PRESENCE_TTL_SECS"),
             (&["--allow-client-broadcast", "maybe"][..], "invalid value"),
+            (&["--console", "perhaps"][..], "invalid value"),
             (&["--tls-cert-file", "c.pem"][..], "set both or neither"),
             (&["--tls-key-file", "k.pem"][..], "set both or neither"),
         ] {

@@ -12,6 +12,7 @@ pub mod broker;
 pub mod channels;
 pub mod close;
 pub mod config;
+pub mod console;
 pub mod fdlimit;
 pub mod history;
 pub mod http;

@@ -1,6 +1,7 @@
 //! The HTTP surface (PROTOCOL.md sections 1, 5 and 8) as warp routes: the
 //! WebSocket upgrade (`upgrade.rs`), health, readiness, metrics, presence
-//! and publish. Every refusal is a [`Refusal`] (`refusal.rs`).
+//! and publish, plus the web console's routes ([`crate::console`]). Every
+//! refusal is a [`Refusal`] (`refusal.rs`).
 
 mod refusal;
 mod upgrade;
@@ -31,6 +32,7 @@ pub struct Api {
     auth: Auth,
     allowed_origins: Vec<String>,
     prometheus: PrometheusHandle,
+    console: bool,
 }
 
 type Query = HashMap<String, String>;
@@ -50,6 +52,7 @@ impl Api {
             auth,
             allowed_origins: config.allowed_origins.clone(),
             prometheus,
+            console: config.console,
         })
     }
 
@@ -128,6 +131,8 @@ impl Api {
             .or(presence)
             .unify()
             .or(publish)
+            .unify()
+            .or(crate::console::routes(self.console))
             .unify()
     }
 

@@ -1,0 +1,27 @@
+// errors.ts: AetherError, the one error type the client throws, rejects with and emits.
+
+/** What went wrong, as a stable string an application can switch on. */
+export type AetherErrorCode =
+  | "invalid_options"
+  | "invalid_message"
+  | "too_large"
+  | "queue_full"
+  | "not_connected"
+  | "closed"
+  | "timeout"
+  | "token"
+  | "refused"
+  | "hub_closed";
+
+export class AetherError extends Error {
+  readonly code: AetherErrorCode;
+  /** The WebSocket close code (or, for `refused`, the HTTP status) behind this error, when there is one. */
+  readonly closeCode?: number;
+
+  constructor(code: AetherErrorCode, message: string, closeCode?: number) {
+    super(message);
+    this.name = "AetherError";
+    this.code = code;
+    if (closeCode !== undefined) this.closeCode = closeCode;
+  }
+}

@@ -1,0 +1,27 @@
+// The console assets that the hub binary embeds (src/console/assets, read by
+// include_bytes! in src/console.rs) must be exactly what the client and the
+// console sources build to now: a stale bundle would ship old client code.
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, expect, test } from "vitest";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const embedded = join(root, "../../src/console/assets");
+const fresh = mkdtempSync(join(tmpdir(), "aether-console-"));
+
+afterAll(() => rmSync(fresh, { recursive: true, force: true }));
+
+test("the embedded console assets equal a fresh build", () => {
+  execFileSync(process.execPath, ["scripts/build.mjs", "--out", fresh], { cwd: root, stdio: "pipe" });
+  const built = readdirSync(fresh).sort();
+  expect(built).toEqual(expect.arrayContaining(["aether-hub-client.js", "console.css", "console.js", "index.html"]));
+  expect(readdirSync(embedded).sort()).toEqual(built);
+  for (const name of built) {
+    const want = readFileSync(join(fresh, name), "utf8");
+    const have = readFileSync(join(embedded, name), "utf8");
+    expect(have, `src/console/assets/${name} is stale: run npm run build in clients/js`).toBe(want);
+  }
+}, 60_000);
