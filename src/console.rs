@@ -4,7 +4,7 @@
 //! and `GET /` redirecting there; `AETHER_CONSOLE=false` turns it all off
 //! (404, as for any unknown path).
 //!
-//! The assets in `src/console/assets/` are the output of `npm run build` in
+//! The assets in `src/console/assets/` are the output of `npm run embed` in
 //! `clients/js` (the page, its script and the client's browser build),
 //! committed so that `cargo build` needs no Node. The page holds no secret,
 //! so its routes need no API key; the WebSocket it opens still does.

@@ -2,8 +2,11 @@
 //   dist/index.js (ESM), dist/index.cjs (CJS), dist/*.d.ts + dist/*.d.cts (tsc declarations),
 //   dist/aether-hub-client.min.js (the browser build: ESM, minified, one file),
 //   and the console (console/index.html, console.css, console.ts → console.js with
-//   ./aether-hub-client.js external, plus aether-hub-client.js) into ../../src/console/assets
-//   or into the directory given with --out DIR.
+//   ./aether-hub-client.js external, plus aether-hub-client.js) into dist/console, or
+//   into the directory given with --out DIR.
+// --embed also writes the console into ../../src/console/assets, the copy the hub binary
+// embeds; only `npm run embed` does that, so no check or test can refresh the copy that
+// test/embedded.test.ts compares with a fresh build.
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -15,11 +18,12 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const dist = join(root, "dist");
 const args = process.argv.slice(2);
 const outIdx = args.indexOf("--out");
-if (outIdx >= 0 && !args[outIdx + 1]) {
-  console.error("usage: node scripts/build.mjs [--out DIR]");
+if ((outIdx >= 0 && !args[outIdx + 1]) || (outIdx >= 0 && args.includes("--embed"))) {
+  console.error("usage: node scripts/build.mjs [--out DIR | --embed]");
   process.exit(2);
 }
-const consoleOut = outIdx >= 0 ? resolve(args[outIdx + 1]) : join(root, "../../src/console/assets");
+const consoleOut = outIdx >= 0 ? resolve(args[outIdx + 1]) : join(dist, "console");
+const embedded = join(root, "../../src/console/assets");
 
 const common = {
   entryPoints: [join(root, "src/index.ts")],
@@ -73,4 +77,10 @@ if (missing.length > 0) {
     outfile: join(consoleOut, "console.js"),
   });
   console.log(`build: console assets written to ${consoleOut}`);
+  if (args.includes("--embed")) {
+    rmSync(embedded, { recursive: true, force: true });
+    mkdirSync(embedded, { recursive: true });
+    for (const name of readdirSync(consoleOut).sort()) copyFileSync(join(consoleOut, name), join(embedded, name));
+    console.log(`build: console assets embedded in ${embedded}`);
+  }
 }

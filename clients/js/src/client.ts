@@ -136,7 +136,7 @@ export class AetherClient extends Emitter<AetherEvents> {
   private generation = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private connectTimer: ReturnType<typeof setTimeout> | undefined;
-  private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
+  private heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
   private deadTimer: ReturnType<typeof setTimeout> | undefined;
   private deadline = 0;
   private httpStatus: number | undefined;
@@ -369,7 +369,7 @@ export class AetherClient extends Emitter<AetherEvents> {
     this.everOpened = true;
     this.attempt = 0;
     this.armDeadline();
-    this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs);
+    this.scheduleHeartbeat();
     this.setState("open");
     this.pendingRecovered = reconnected && this.recoveryOn;
     this.write(controlFrame("presence", this.client));
@@ -386,7 +386,7 @@ export class AetherClient extends Emitter<AetherEvents> {
     const ws = this.ws;
     this.ws = undefined;
     clearTimeout(this.connectTimer);
-    clearInterval(this.heartbeatTimer);
+    clearTimeout(this.heartbeatTimer);
     clearTimeout(this.deadTimer);
     this.heartbeatTimer = undefined;
     this.deadTimer = undefined;
@@ -490,6 +490,17 @@ export class AetherClient extends Emitter<AetherEvents> {
     if (this.checkAlive()) this.write(controlFrame("heartbeat", this.client));
   }
 
+  /**
+   * The next heartbeat is armed when the hub answers the last one (and on open), not by
+   * setInterval: Chrome runs a hidden tab's repeating timers once a minute, which would let
+   * the dead deadline pass between two heartbeats of a quiet but healthy connection. A
+   * timeout set from a message handler starts a new timer chain and is not held back.
+   */
+  private scheduleHeartbeat(): void {
+    clearTimeout(this.heartbeatTimer);
+    this.heartbeatTimer = setTimeout(() => this.heartbeat(), this.heartbeatMs);
+  }
+
   private addEnvironmentListeners(): void {
     const env = this.opts.environment ?? {
       window: (globalThis as { window?: EventTargetLike }).window,
@@ -539,8 +550,11 @@ export class AetherClient extends Emitter<AetherEvents> {
       case "recovery":
         this.onRecovery(m);
         return;
+      case "heartbeat":
+        this.scheduleHeartbeat();
+        return;
       default:
-        return; // heartbeat answers: the deadline is re-armed, nothing else
+        return;
     }
   }
 

@@ -22,6 +22,6 @@ test("the embedded console assets equal a fresh build", () => {
   for (const name of built) {
     const want = readFileSync(join(fresh, name), "utf8");
     const have = readFileSync(join(embedded, name), "utf8");
-    expect(have, `src/console/assets/${name} is stale: run npm run build in clients/js`).toBe(want);
+    expect(have, `src/console/assets/${name} is stale: run npm run embed in clients/js`).toBe(want);
   }
 }, 60_000);
