@@ -4,9 +4,10 @@
 //! and `GET /` redirecting there; `AETHER_CONSOLE=false` turns it all off
 //! (404, as for any unknown path).
 //!
-//! The assets in `src/console/assets/` are the output of `npm run embed` in
-//! `clients/js` (the page, its script and the client's browser build),
-//! committed so that `cargo build` needs no Node. The page holds no secret,
+//! The page and its style are read straight from `clients/js/console/`;
+//! the two scripts in `src/console/assets/` (the page's script and the
+//! client's browser build) are the output of `npm run embed` in
+//! `clients/js`, committed so that `cargo build` needs no Node. The page holds no secret,
 //! so its routes need no API key; the WebSocket it opens still does.
 
 use http::header::{self, HeaderValue};
@@ -24,7 +25,7 @@ const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 
-const INDEX: &[u8] = include_bytes!("console/assets/index.html");
+const INDEX: &[u8] = include_bytes!("../clients/js/console/index.html");
 
 /// `(path, content type, body)` of every asset.
 const ASSETS: &[(&str, &str, &[u8])] = &[
@@ -33,7 +34,7 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "/console/console.css",
         CSS,
-        include_bytes!("console/assets/console.css"),
+        include_bytes!("../clients/js/console/console.css"),
     ),
     (
         "/console/console.js",

@@ -4,8 +4,8 @@
 //   and the console (console/index.html, console.css, console.ts → console.js with
 //   ./aether-hub-client.js external, plus aether-hub-client.js) into dist/console, or
 //   into the directory given with --out DIR.
-// --embed also writes the console into ../../src/console/assets, the copy the hub binary
-// embeds; only `npm run embed` does that, so no check or test can refresh the copy that
+// --embed also writes the console's two scripts into ../../src/console/assets, the copy the
+// hub binary embeds (with console/index.html and console/console.css as they are); only `npm run embed` does that, so no check or test can refresh the copy that
 // test/embedded.test.ts compares with a fresh build.
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
@@ -80,7 +80,8 @@ if (missing.length > 0) {
   if (args.includes("--embed")) {
     rmSync(embedded, { recursive: true, force: true });
     mkdirSync(embedded, { recursive: true });
-    for (const name of readdirSync(consoleOut).sort()) copyFileSync(join(consoleOut, name), join(embedded, name));
+    // The page and its style are embedded from console/ itself: only the scripts are copied.
+    for (const name of ["aether-hub-client.js", "console.js"]) copyFileSync(join(consoleOut, name), join(embedded, name));
     console.log(`build: console assets embedded in ${embedded}`);
   }
 }

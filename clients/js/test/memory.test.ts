@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from "vite
 import { type AetherClient, AetherError, type Message, type StateEvent } from "../src/index.js";
 import { startHub, waitFor, type Hub } from "./support/hub.js";
 import { startProxy, type Proxy } from "./support/proxy.js";
-import { closeAll, collect, id, makeClient, signToken, sleep } from "./support/util.js";
+import { closeAll, collect, connectedPair, id, makeClient, signToken, sleep } from "./support/util.js";
 
 let hub: Hub;
 const extra: Array<{ stop(): Promise<void> } | Proxy> = [];
@@ -69,10 +69,7 @@ describe("sending and receiving", () => {
   });
 
   test("cmd and message events are separate; messages from one sender arrive in order", async () => {
-    const g = id("g");
-    const a = makeClient({ url: hub.url, group: g, client: id("a") });
-    const b = makeClient({ url: hub.url, group: g, client: id("b") });
-    await Promise.all([a.connect(), b.connect()]);
+    const [a, b] = await connectedPair(hub.url);
     const msgs = collect(b, "message");
     const cmds = collect(b, "cmd");
     for (let i = 0; i < 30; i++) void a.sendDirect(b.client, i % 2 ? { cmd: "c", payload: { i } } : { msg: "m", payload: { i } });
@@ -122,10 +119,7 @@ describe("state, validation, queue, close", () => {
   });
 
   test("invalid sends reject with AetherError and send nothing; the socket stays open", async () => {
-    const g = id("g");
-    const a = makeClient({ url: hub.url, group: g, client: id("a") });
-    const b = makeClient({ url: hub.url, group: g, client: id("b") });
-    await Promise.all([a.connect(), b.connect()]);
+    const [a, b] = await connectedPair(hub.url);
     const got = collect(b, "message");
     const errors = collect(a, "error");
     const states = collect(a, "state");

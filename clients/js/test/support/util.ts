@@ -24,6 +24,14 @@ export function makeClient(opts: Partial<AetherClientOptions> & Pick<AetherClien
   return c;
 }
 
+/** Two clients of a fresh group, both open. */
+export async function connectedPair(url: string): Promise<[AetherClient, AetherClient]> {
+  const g = id("g");
+  const pair: [AetherClient, AetherClient] = [makeClient({ url, group: g, client: id("a") }), makeClient({ url, group: g, client: id("b") })];
+  await Promise.all(pair.map((c) => c.connect()));
+  return pair;
+}
+
 export function closeAll(): void {
   for (const c of made.splice(0)) c.close();
 }
