@@ -96,9 +96,19 @@ impl Names {
         format!("{}{PRESENCE}{group}", self.prefix)
     }
 
-    /// The SET of instances holding `client` in `group` (presence/redis.rs).
+    /// The SET of instances holding `client` in `group` (presence/redis.rs),
+    /// hash-tagged with the group's public key so that both live in one
+    /// Redis Cluster slot and one script updates them: the public key has
+    /// no tag of its own (its name is public), so it hashes as its whole
+    /// name, which is this key's tag. A prefix carrying a tag (`{env}:`)
+    /// gives both keys that tag instead: the same slot still. (A prefix with
+    /// unpaired braces cannot be placed so; it only works on one Redis.)
     pub fn holders_key(&self, group: &VisionId, client: &VisionId) -> String {
-        format!("{}{HOLDERS}{group}:{client}", self.prefix)
+        format!(
+            "{}{HOLDERS}{{{}}}:{client}",
+            self.prefix,
+            self.presence_key(group)
+        )
     }
 
     /// An instance's liveness record: exists while the instance lives.
@@ -159,6 +169,30 @@ mod tests {
             staged.presence_key(&id("g1")),
             "staging:ws:presence:group:g1"
         );
+    }
+
+    /// What Redis Cluster hashes: the first non-empty `{…}`, or the name.
+    fn hashed(key: &str) -> &str {
+        key.split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(tag, _)| tag)
+            .filter(|tag| !tag.is_empty())
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn holders_keys_share_their_presence_slot() {
+        let plain = Names::new("p:");
+        assert_eq!(
+            plain.holders_key(&id("g1"), &id("c1")),
+            "p:ws:presence:holders:{p:ws:presence:group:g1}:c1"
+        );
+        for prefix in ["", "p:", "{tenant}:", "a{b}c:"] {
+            let names = Names::new(prefix);
+            let holders = names.holders_key(&id("g1"), &id("c1"));
+            let public = names.presence_key(&id("g1"));
+            assert_eq!(hashed(&holders), hashed(&public), "prefix {prefix:?}");
+        }
     }
 
     #[test]

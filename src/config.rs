@@ -25,6 +25,11 @@ pub struct Config {
     #[arg(long, env = "AETHER_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Redis Cluster seed nodes, comma-separated `host:port` (Redis 7,
+    /// sharded pub/sub). Exclusive with `AETHER_REDIS_URL`.
+    #[arg(long, env = "AETHER_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+
     /// Prefix of every Redis channel and key (the only isolation between
     /// environments that share a Redis server).
     #[arg(long, env = "AETHER_REDIS_PREFIX", default_value = "")]
@@ -187,6 +192,10 @@ pub enum ConfigError {
     InstanceId(crate::protocol::VisionIdError),
     #[error("AETHER_REDIS_URL: must start with redis:// or rediss://")]
     RedisUrl,
+    #[error("AETHER_REDIS_URL and AETHER_REDIS_CLUSTER: set one or neither")]
+    RedisBoth,
+    #[error("AETHER_REDIS_CLUSTER: {0:?} is not host:port")]
+    RedisCluster(String),
     #[error("AETHER_PRESENCE_TTL_SECS: must be at least 1 second")]
     PresenceTtl,
     #[error("AETHER_TOKEN_AUDIENCE: must not be empty")]
@@ -250,6 +259,17 @@ impl Config {
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(ConfigError::RedisUrl);
+            }
+        }
+        self.redis_cluster.retain(|s| !s.trim().is_empty());
+        if self.redis_url.is_some() && !self.redis_cluster.is_empty() {
+            return Err(ConfigError::RedisBoth);
+        }
+        for seed in &mut self.redis_cluster {
+            *seed = seed.trim().to_owned();
+            let port = seed.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+            if !matches!(port, Some((h, Ok(p))) if !h.is_empty() && p > 0) {
+                return Err(ConfigError::RedisCluster(seed.clone()));
             }
         }
         Ok(self)
@@ -353,6 +373,14 @@ mod tests {
     }
 
     #[test]
+    fn cluster_seeds_are_a_comma_list() {
+        let c = parse(&["--redis-cluster", "10.0.0.1:7000, 10.0.0.2:7001,"]).unwrap();
+        assert_eq!(c.redis_cluster, vec!["10.0.0.1:7000", "10.0.0.2:7001"]);
+        assert!(c.redis_url.is_none());
+        assert!(parse(&[]).unwrap().redis_cluster.is_empty());
+    }
+
+    #[test]
     fn bad_values_stop_start_up_with_a_reason() {
         for (args, part) in [
             (&["--bind", "nowhere"][..], "invalid socket address"),
@@ -363,6 +391,11 @@ mod tests {
             (&["--rate-limit=-1"][..], "invalid"),
             (&["--instance-id", "a b"][..], "AETHER_INSTANCE_ID"),
             (&["--redis-url", "localhost"][..], "AETHER_REDIS_URL"),
+            (
+                &["--redis-url", "redis://a", "--redis-cluster", "a:1"][..],
+                "AETHER_REDIS_CLUSTER",
+            ),
+            (&["--redis-cluster", "a:1,nowhere"][..], "not host:port"),
             (&["--presence-ttl", "0.5"][..], "AETHER_PRESENCE_TTL_SECS"),
             (&["--allow-client-broadcast", "maybe"][..], "invalid value"),
             (&["--console", "perhaps"][..], "invalid value"),

@@ -34,6 +34,13 @@ pub const RECOVERIES: &str = "aether_recoveries_total";
 pub const MESSAGES_REPLAYED: &str = "aether_messages_replayed_total";
 pub const GAP_REPAIRS: &str = "aether_gap_repairs_total";
 pub const MESSAGES_REPAIRED: &str = "aether_messages_repaired_total";
+/// Redis Cluster, per shard master (label `shard`: the master's
+/// `host:port`; a cluster has at most a few dozen masters, and a failover
+/// adds one address, so the label set stays small).
+pub const REDIS_SHARD_UP: &str = "aether_redis_shard_up";
+pub const REDIS_SHARD_CHANNELS: &str = "aether_redis_shard_channels_subscribed";
+pub const REDIS_SHARD_RECONNECTS: &str = "aether_redis_shard_reconnects_total";
+pub const REDIS_SHARD_FAILURES: &str = "aether_redis_shard_failures_total";
 
 /// Why an upgrade was refused (`reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +257,22 @@ fn describe() {
         MESSAGES_REPAIRED,
         "Messages delivered from history to fill a pub/sub gap"
     );
+    describe_gauge!(
+        REDIS_SHARD_UP,
+        "1 while this instance's pub/sub connection to a cluster shard master is open"
+    );
+    describe_gauge!(
+        REDIS_SHARD_CHANNELS,
+        "Sharded channels this instance has subscribed on a cluster shard master"
+    );
+    describe_counter!(
+        REDIS_SHARD_RECONNECTS,
+        "Times a shard's pub/sub connection was lost (probe, disconnect, slot moved) and rebuilt"
+    );
+    describe_counter!(
+        REDIS_SHARD_FAILURES,
+        "Attempts to connect or subscribe on a cluster shard master that failed"
+    );
     describe_histogram!(
         PUBSUB_LAG_SECONDS,
         Unit::Seconds,
@@ -367,4 +390,20 @@ pub fn redis_up(up: bool) {
 
 pub fn redis_reconnect() {
     counter!(REDIS_RECONNECTS).increment(1);
+}
+
+/// One shard master's pub/sub connection opened (`up`) or closed, with
+/// the channels it carries.
+pub fn redis_shard(shard: &str, up: bool, channels: usize) {
+    let label = [("shard", shard.to_owned())];
+    gauge!(REDIS_SHARD_UP, &label).set(if up { 1.0 } else { 0.0 });
+    gauge!(REDIS_SHARD_CHANNELS, &label).set(channels as f64);
+}
+
+pub fn redis_shard_reconnect(shard: &str) {
+    counter!(REDIS_SHARD_RECONNECTS, "shard" => shard.to_owned()).increment(1);
+}
+
+pub fn redis_shard_failure(shard: &str) {
+    counter!(REDIS_SHARD_FAILURES, "shard" => shard.to_owned()).increment(1);
 }

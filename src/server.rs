@@ -141,12 +141,15 @@ pub async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// In memory without a Redis URL; otherwise the Redis broker and presence.
+/// In memory without Redis; otherwise the Redis broker and presence, on
+/// one server or on a cluster (the link tells them apart).
 fn build_hub(config: &Config) -> Result<Arc<Hub>, StartError> {
-    let Some(url) = &config.redis_url else {
-        return Ok(Hub::in_memory(config.limits()));
+    let link = match (&config.redis_url, config.redis_cluster.as_slice()) {
+        (Some(url), _) => RedisLink::new(url)?,
+        (None, []) => return Ok(Hub::in_memory(config.limits())),
+        (None, seeds) => RedisLink::cluster(seeds)?,
     };
-    let link = Arc::new(RedisLink::new(url)?);
+    let link = Arc::new(link);
     let names = Names::new(config.redis_prefix.clone());
     let router = Arc::new(Router::new());
     let broker = RedisBroker::start(
@@ -200,10 +203,10 @@ impl Server {
                 prometheus.run_upkeep();
             }
         });
-        let mode = if config.redis_url.is_some() {
-            "redis"
-        } else {
-            "in-memory"
+        let mode = match (&config.redis_url, config.redis_cluster.is_empty()) {
+            (Some(_), _) => "redis",
+            (None, false) => "redis-cluster",
+            (None, true) => "in-memory",
         };
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         tracing::info!(%addr, instance = %config.instance_id, mode, scheme, "aether-hub listening");

@@ -1,6 +1,7 @@
-//! deploy/: the local topology of `deploy/local/run` (redis-server, two hub
-//! processes, nginx balancing round robin) carries group and direct
-//! messages between hubs through the balancer; `deploy/validate` passes;
+//! deploy/: the local topology of `deploy/local/run` (redis-server, or a
+//! six-node Redis Cluster with `--cluster`, two hub processes, nginx
+//! balancing round robin) carries group and direct messages between hubs
+//! through the balancer; `deploy/validate` passes;
 //! the image's health check script (`deploy/healthcheck`) tells a serving
 //! hub from a missing one. Everything on 127.0.0.1, every wait bounded.
 
@@ -33,7 +34,8 @@ struct Topology {
 }
 
 impl Topology {
-    fn start() -> Topology {
+    /// `deploy/local/run`, with `args` (`--cluster`).
+    fn start(args: &[&str]) -> Topology {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -46,9 +48,10 @@ impl Topology {
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let nginx = loopback(private_port());
         let hubs = [loopback(private_port()), loopback(private_port())];
-        let redis = private_port();
+        let redis = consecutive_ports(if args.contains(&"--cluster") { 6 } else { 1 });
         let mut run = script("deploy/local/run");
-        run.env("AETHER_HUB_BIN", support::process::BIN)
+        run.args(args)
+            .env("AETHER_HUB_BIN", support::process::BIN)
             .env("AETHER_LOCAL_NGINX_PORT", nginx.port().to_string())
             .env("AETHER_LOCAL_HUB1_PORT", hubs[0].port().to_string())
             .env("AETHER_LOCAL_HUB2_PORT", hubs[1].port().to_string())
@@ -74,6 +77,7 @@ impl Topology {
         for name in [
             "run.log",
             "run/redis.log",
+            "run/redis-cluster-create.log",
             "run/hub1.log",
             "run/hub2.log",
             "run/nginx.log",
@@ -171,9 +175,28 @@ async fn recv_skipping_presence(client: &mut Client) -> Value {
     panic!("only presence messages arrived");
 }
 
+/// The first of `n` consecutive free private ports (a cluster's nodes).
+fn consecutive_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let first = private_port();
+        if (1..n).all(|i| private_port() == first + i) {
+            return first;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}
+
 #[tokio::test]
 async fn local_topology_routes_across_hubs_through_nginx() {
-    let mut topology = Topology::start();
+    routes_across_hubs_through_nginx(Topology::start(&[])).await;
+}
+
+#[tokio::test]
+async fn local_cluster_topology_routes_across_hubs_through_nginx() {
+    routes_across_hubs_through_nginx(Topology::start(&["--cluster"])).await;
+}
+
+async fn routes_across_hubs_through_nginx(mut topology: Topology) {
     topology.wait_ready().await;
     let (nginx, hubs) = (topology.nginx, topology.hubs);
     let url = |client: &str| format!("ws://{nginx}/v3/ws/group/{GROUP}/client/{client}");

@@ -5,14 +5,17 @@
 //! 0 -> 1 ([`Broker::subscribe`]) or 1 -> 0 ([`Broker::unsubscribe`]); the
 //! broker delivers incoming messages into the router. In memory the router
 //! is the whole world; the Redis implementation publishes on Redis and
-//! subscribes channels on one shared pub/sub connection.
+//! subscribes channels on one shared pub/sub connection (on a Redis
+//! Cluster, one per shard master: `cluster/`).
 
+mod cluster;
 mod memory;
 mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
 
+pub use cluster::Slot;
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 

@@ -19,16 +19,23 @@
 //!   batch on the command connection (`history/redis.rs`).
 //! - A probe (PING on both connections) runs every second; a silent
 //!   connection (half-open TCP, a failover) fails it and is rebuilt.
+//!
+//! On a Redis Cluster the same broker runs with the cluster supervisor of
+//! `broker/cluster/` in place of this file's: the publisher, the reader,
+//! the wanted-vs-confirmed bookkeeping ([`Subscriptions`]) and the
+//! [`Broker`] side are shared.
 
-mod publish;
-mod reader;
+pub(super) mod publish;
+pub(super) mod reader;
+mod subscriptions;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use redis::aio::{PubSubSink, PubSubStream};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{BoxFuture, Broker, BrokerError, Keep, Receipt};
 use crate::channels::{Names, Route};
@@ -36,19 +43,20 @@ use crate::history::redis::{self as history, Keys};
 use crate::history::{Recovery, Retention, Since};
 use crate::metrics;
 use crate::protocol::Encoded;
-use crate::redis_link::{RedisLink, TIMEOUT};
+use crate::redis_link::{Commands, RedisLink, TIMEOUT};
 use crate::router::Router;
 use publish::Outgoing;
 use reader::{Event, Reader};
+pub(super) use subscriptions::Subscriptions;
 
 /// How often the connections are probed.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
+pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How long an unwanted channel stays subscribed before UNSUBSCRIBE.
-const UNSUBSCRIBE_AFTER: Duration = Duration::from_millis(750);
+pub(super) const UNSUBSCRIBE_AFTER: Duration = Duration::from_millis(750);
 /// How often deferred unsubscribes are looked at.
-const RECONCILE_EVERY: Duration = Duration::from_millis(250);
+pub(super) const RECONCILE_EVERY: Duration = Duration::from_millis(250);
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command.
-const BATCH: usize = 1000;
+pub(super) const BATCH: usize = 1000;
 /// Messages waiting to be published before publishing fails fast.
 const PUBLISH_QUEUE: usize = 64 * 1024;
 /// How long a join waits for Redis to confirm its subscriptions.
@@ -56,8 +64,8 @@ const LIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a stopping reader may take to hand its state back.
 const READER_STOP: Duration = Duration::from_secs(1);
 /// Reconnect backoff bounds (with jitter).
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub struct RedisBroker {
     link: Arc<RedisLink>,
@@ -65,16 +73,6 @@ pub struct RedisBroker {
     retention: Retention,
     outgoing: mpsc::Sender<Outgoing>,
     subs: Arc<Subscriptions>,
-}
-
-/// What the router wants and what Redis confirmed, shared between the
-/// broker's callers and the supervisor.
-#[derive(Default)]
-struct Subscriptions {
-    dirty: Mutex<HashSet<Route>>,
-    wake: Notify,
-    confirmed: Mutex<HashSet<Route>>,
-    confirmations: watch::Sender<u64>,
 }
 
 impl RedisBroker {
@@ -90,7 +88,33 @@ impl RedisBroker {
     ) -> Arc<RedisBroker> {
         let (outgoing, queue) = mpsc::channel(PUBLISH_QUEUE);
         let subs = Arc::new(Subscriptions::default());
-        tokio::spawn(publish::run(Arc::clone(&link), queue, retention));
+        if link.is_cluster() {
+            let map = Arc::new(super::cluster::SlotMap::new());
+            tokio::spawn(publish::run(
+                Arc::clone(&link),
+                queue,
+                retention,
+                Some(Arc::clone(&map)),
+            ));
+            let reader = Reader::new(Arc::clone(&router), names.clone(), retention);
+            let supervisor = super::cluster::Supervisor::new(
+                Arc::clone(&link),
+                router,
+                names.clone(),
+                retention,
+                Arc::clone(&subs),
+                map,
+            );
+            tokio::spawn(supervisor.run(reader));
+            return Arc::new(RedisBroker {
+                link,
+                names,
+                retention,
+                outgoing,
+                subs,
+            });
+        }
+        tokio::spawn(publish::run(Arc::clone(&link), queue, retention, None));
         let supervisor = Supervisor {
             link: Arc::clone(&link),
             reader: Some(Reader::new(Arc::clone(&router), names.clone(), retention)),
@@ -229,7 +253,7 @@ impl Broker for RedisBroker {
     }
 
     fn is_ready(&self) -> bool {
-        self.link.is_up()
+        self.link.is_up() && !self.subs.impaired.load(Ordering::Acquire)
     }
 }
 
@@ -251,7 +275,7 @@ struct Supervisor {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum LinkError {
+pub(super) enum LinkError {
     #[error("{0}")]
     Redis(#[from] redis::RedisError),
     #[error("no answer within {TIMEOUT:?}")]
@@ -289,10 +313,11 @@ impl Supervisor {
         }
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<(PubSubSink, PubSubStream, MultiplexedConnection), LinkError> {
-        let pubsub = tokio::time::timeout(TIMEOUT, self.link.client().get_async_pubsub())
+    async fn connect(&self) -> Result<(PubSubSink, PubSubStream, Commands), LinkError> {
+        let Some(client) = self.link.client() else {
+            return Err(LinkError::StreamEnded);
+        };
+        let pubsub = tokio::time::timeout(TIMEOUT, client.get_async_pubsub())
             .await
             .map_err(|_| LinkError::Timeout)??;
         let mut command = self.link.open_command().await?;
@@ -309,7 +334,7 @@ impl Supervisor {
         &mut self,
         mut sink: PubSubSink,
         stream: PubSubStream,
-        mut command: MultiplexedConnection,
+        mut command: Commands,
     ) -> LinkError {
         let reader = self.reader.take().unwrap_or_else(|| {
             Reader::new(Arc::clone(&self.router), self.names.clone(), self.retention)
@@ -339,13 +364,11 @@ impl Supervisor {
     async fn serve_with(
         &mut self,
         sink: &mut PubSubSink,
-        command: &mut MultiplexedConnection,
+        command: &mut Commands,
         reader: &tokio::task::JoinHandle<Reader>,
     ) -> LinkError {
         // Everything the router holds must be (re)subscribed.
-        if let Ok(mut dirty) = self.subs.dirty.lock() {
-            dirty.extend(self.router.routes());
-        }
+        self.subs.mark_all(self.router.routes());
         if let Err(e) = self.reconcile(sink).await {
             return e;
         }
@@ -371,12 +394,7 @@ impl Supervisor {
     /// Brings Redis's subscriptions in line with the router for every dirty
     /// route, and sends the unsubscribes that are due.
     async fn reconcile(&mut self, sink: &mut PubSubSink) -> Result<(), LinkError> {
-        let dirty: Vec<Route> = self
-            .subs
-            .dirty
-            .lock()
-            .map(|mut d| d.drain().collect())
-            .unwrap_or_default();
+        let dirty = self.subs.take_dirty();
         let now = Instant::now();
         let mut subscribe = Vec::new();
         for route in dirty {
@@ -427,35 +445,22 @@ impl Supervisor {
     }
 
     fn is_confirmed(&self, route: &Route) -> bool {
-        self.subs.confirmed.lock().is_ok_and(|c| c.contains(route))
+        self.subs.is_confirmed(route)
     }
 
     fn confirm(&self, routes: &[Route], subscribed: bool) {
-        if let Ok(mut confirmed) = self.subs.confirmed.lock() {
-            for route in routes {
-                if subscribed {
-                    confirmed.insert(route.clone());
-                } else {
-                    confirmed.remove(route);
-                }
-            }
-            metrics::redis_channels(confirmed.len());
-        }
-        self.subs.confirmations.send_modify(|n| *n += 1);
+        self.subs.confirm(routes, subscribed);
     }
 }
 
 /// Both connections must answer a PING in time.
-async fn probe_both(
-    sink: &mut PubSubSink,
-    command: &mut MultiplexedConnection,
-) -> Result<(), LinkError> {
+async fn probe_both(sink: &mut PubSubSink, command: &mut Commands) -> Result<(), LinkError> {
     timed(sink.ping::<redis::Value>()).await?;
     timed(redis::cmd("PING").query_async::<redis::Value>(command)).await?;
     Ok(())
 }
 
-async fn timed<T>(
+pub(super) async fn timed<T>(
     op: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, LinkError> {
     match tokio::time::timeout(TIMEOUT, op).await {
@@ -466,7 +471,7 @@ async fn timed<T>(
 
 /// `base` ± 50 %, so instances that lost Redis together do not come back
 /// in lockstep.
-fn jitter(base: Duration) -> Duration {
+pub(super) fn jitter(base: Duration) -> Duration {
     base.mul_f64(rand::random_range(0.5..1.5))
 }
 

@@ -18,17 +18,18 @@
 //!   ([`recover`]) and the broker's gap repair ([`read`]) both use it.
 //!
 //! Scripts are loaded with `SCRIPT LOAD` when a connection is made
-//! ([`load`]) and called with `EVALSHA`; a `NOSCRIPT` answer (a `SCRIPT
-//! FLUSH`, a restarted Redis) reloads them.
+//! ([`load`]) and called with `EVALSHA`; after a `NOSCRIPT` answer (a
+//! `SCRIPT FLUSH`, a restarted Redis, a promoted cluster replica) the call
+//! is made again with `EVAL` and the source ([`Invoke`]).
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{Cmd, RedisResult, Value};
 
 use super::{decide, Epoch, Kept, Position, Recovery, Retention, Since, POSITION_TTL};
 use crate::protocol::Encoded;
+use crate::redis_link::Commands;
 
 /// A script's source and, once Redis has loaded it, its SHA1.
 pub struct Script {
@@ -40,7 +41,9 @@ pub struct Script {
 ///
 /// KEYS: position, history. ARGV: channel, the encoded text (a JSON object
 /// ending in `}`), sender, history size, TTL in ms, position TTL in ms, a
-/// fresh epoch for a route that has none. Returns `{offset, epoch}`.
+/// fresh epoch for a route that has none, the publishing command
+/// (`PUBLISH`, or `SPUBLISH` for a sharded channel on Redis Cluster, where
+/// the channel shares its keys' slot). Returns `{offset, epoch}`.
 ///
 /// A new epoch starts with an empty stream (`DEL`), so a stream never mixes
 /// two numberings. The text gets `,"offset":N,"epoch":"E"}` in place of its
@@ -63,7 +66,7 @@ local ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-1', 't', text, 's', ARGV[3], 'at', ms)
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PUBLISH', ARGV[1], text)
+redis.call(ARGV[8], ARGV[1], text)
 return {n, epoch}
 "#,
 );
@@ -144,10 +147,10 @@ impl Script {
         }
     }
 
-    /// `EVALSHA` once loaded, else `EVAL` with the source (never needed
-    /// in practice: [`load`] runs before the link is declared up).
-    fn invoke(&self) -> Cmd {
-        match self.sha.get() {
+    /// `EVALSHA` once loaded (else, and when asked, `EVAL` with the
+    /// source: [`load`] runs before the link is declared up).
+    fn invoke(&self, invoke: Invoke) -> Cmd {
+        match self.sha.get().filter(|_| invoke == Invoke::Sha) {
             Some(sha) => {
                 let mut cmd = redis::cmd("EVALSHA");
                 cmd.arg(sha.as_str());
@@ -161,7 +164,7 @@ impl Script {
         }
     }
 
-    async fn load(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    async fn load(&self, conn: &mut Commands) -> RedisResult<()> {
         let sha: String = redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(self.source)
@@ -174,7 +177,7 @@ impl Script {
 }
 
 /// Loads both scripts (on every new connection, and after `NOSCRIPT`).
-pub async fn load(conn: &mut MultiplexedConnection) -> RedisResult<()> {
+pub async fn load(conn: &mut Commands) -> RedisResult<()> {
     NUMBER.load(conn).await?;
     READ.load(conn).await
 }
@@ -195,6 +198,26 @@ fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
+/// How a script is called. `NOSCRIPT` means the node that answered lacks
+/// the script (a `SCRIPT FLUSH`, a restart, on a cluster a replica promoted
+/// since: `SCRIPT LOAD` is not replicated); `EVAL` with the source then
+/// runs it and leaves it cached on that node, whichever it is, where a
+/// `SCRIPT LOAD` would have to know the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invoke {
+    Sha,
+    Source,
+}
+
+/// What numbering needs beyond the message: how to call the script, how
+/// it publishes, and an epoch for a route that has none.
+#[derive(Debug, Clone, Copy)]
+pub struct Numbering<'a> {
+    pub invoke: Invoke,
+    pub publish: Publish,
+    pub fresh: &'a Epoch,
+}
+
 /// The `EVALSHA` of [`NUMBER`] for one message, to go in a pipeline.
 pub fn number_cmd(
     keys: &Keys,
@@ -202,9 +225,14 @@ pub fn number_cmd(
     text: &str,
     sender: &str,
     retention: Retention,
-    fresh: &Epoch,
+    how: Numbering<'_>,
 ) -> Cmd {
-    let mut cmd = NUMBER.invoke();
+    let Numbering {
+        invoke,
+        publish,
+        fresh,
+    } = how;
+    let mut cmd = NUMBER.invoke(invoke);
     cmd.arg(2)
         .arg(&keys.position)
         .arg(&keys.history)
@@ -214,8 +242,26 @@ pub fn number_cmd(
         .arg(retention.size)
         .arg(millis(retention.ttl))
         .arg(millis(position_ttl(retention)))
-        .arg(fresh.as_str());
+        .arg(fresh.as_str())
+        .arg(publish.command());
     cmd
+}
+
+/// How a channel's messages are published: classic pub/sub on one Redis,
+/// sharded pub/sub on a cluster (PROTOCOL.md section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    Classic,
+    Sharded,
+}
+
+impl Publish {
+    pub fn command(self) -> &'static str {
+        match self {
+            Publish::Classic => "PUBLISH",
+            Publish::Sharded => "SPUBLISH",
+        }
+    }
 }
 
 /// Epoch and counter outlive the messages (PROTOCOL.md section 9).
@@ -264,14 +310,14 @@ pub struct Batch {
 
 /// One batch of a route's history.
 pub async fn read(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Commands,
     keys: &Keys,
     range: &Range<'_>,
     retention: Retention,
 ) -> RedisResult<Batch> {
     let fresh = range.create.then(Epoch::random);
-    let build = || {
-        let mut cmd = READ.invoke();
+    let build = |invoke| {
+        let mut cmd = READ.invoke(invoke);
         cmd.arg(2)
             .arg(&keys.position)
             .arg(&keys.history)
@@ -284,10 +330,9 @@ pub async fn read(
             .arg(range.want.map_or("", Epoch::as_str));
         cmd
     };
-    let reply: Value = match build().query_async(conn).await {
+    let reply: Value = match build(Invoke::Sha).query_async(conn).await {
         Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-            load(conn).await?;
-            build().query_async(conn).await?
+            build(Invoke::Source).query_async(conn).await?
         }
         other => other?,
     };
@@ -348,7 +393,7 @@ fn string(value: &Value) -> Option<String> {
 /// has none) and every kept message after `since`, read in batches, then
 /// [`decide`]d whole or lost.
 pub async fn recover(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Commands,
     keys: &Keys,
     since: &Since,
     retention: Retention,

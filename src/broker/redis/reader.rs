@@ -42,8 +42,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
+use futures_util::Stream;
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubStream};
 use redis::RedisResult;
 use tokio::sync::mpsc;
 
@@ -53,6 +53,7 @@ use crate::history::redis::{self as history, Batch, Keys, Range, BATCH};
 use crate::history::{position_of, Epoch, Retention};
 use crate::metrics;
 use crate::protocol::{self, Encoded};
+use crate::redis_link::Commands;
 use crate::router::Router;
 
 /// History reads in flight at once.
@@ -74,6 +75,9 @@ pub enum Event {
     /// The first reconciliation after a (re)connect is done: routes known
     /// from before that were not subscribed again are no longer wanted.
     Settled,
+    /// These routes' subscriptions were lost (one shard connection of a
+    /// cluster): they catch up from history once subscribed again.
+    Lost(Vec<Route>),
 }
 
 pub struct Reader {
@@ -142,11 +146,13 @@ impl Reader {
     /// Reads `stream` until it ends or the supervisor stops sending
     /// events; returns itself, with what it knows, for the next connection.
     /// `conn` is the command connection made with this pub/sub connection.
+    /// On a cluster, `stream` merges every shard connection's messages and
+    /// lives as long as the supervisor.
     pub async fn run(
         mut self,
-        mut stream: PubSubStream,
+        mut stream: impl Stream<Item = redis::Msg> + Unpin,
         mut events: mpsc::UnboundedReceiver<Event>,
-        conn: MultiplexedConnection,
+        conn: Commands,
     ) -> Reader {
         self.reconnected();
         let mut fetches = Fetches::new();
@@ -184,9 +190,19 @@ impl Reader {
     /// its channel to be subscribed again, then catches up from history.
     fn reconnected(&mut self) {
         self.routes.retain(|_, t| !matches!(t, Track::Fresh));
-        let mut generation = self.generations;
-        for track in self.routes.values_mut() {
-            generation += 1;
+        let known: Vec<Route> = self.routes.keys().cloned().collect();
+        self.lose(&known);
+    }
+
+    /// These routes' subscriptions are gone (their connection was lost):
+    /// each waits for its channel to be subscribed again, then catches up
+    /// from history after its last offset.
+    fn lose(&mut self, routes: &[Route]) {
+        for route in routes {
+            let generation = self.next_generation();
+            let Some(track) = self.routes.get_mut(route) else {
+                continue;
+            };
             let mut repair = match std::mem::replace(track, Track::Fresh) {
                 Track::Live { epoch, last } => Box::new(Repair {
                     epoch,
@@ -200,6 +216,7 @@ impl Reader {
                     repaired: 0,
                 }),
                 Track::Repairing(repair) => repair,
+                // Nothing dispatched yet: nothing to catch up on.
                 Track::Fresh => continue,
             };
             // Whatever range it was reading, it now reads to the end.
@@ -210,7 +227,6 @@ impl Reader {
             repair.failures = 0;
             *track = Track::Repairing(repair);
         }
-        self.generations = generation;
     }
 
     fn on_event(&mut self, event: Event) {
@@ -237,6 +253,7 @@ impl Reader {
                     self.routes.remove(route);
                 }
             }
+            Event::Lost(routes) => self.lose(&routes),
             Event::Settled => self
                 .routes
                 .retain(|_, t| !matches!(t, Track::Repairing(r) if !r.subscribed)),
@@ -336,7 +353,7 @@ impl Reader {
     }
 
     /// Starts waiting reads while there is room.
-    fn pump(&mut self, fetches: &mut Fetches, conn: &MultiplexedConnection) {
+    fn pump(&mut self, fetches: &mut Fetches, conn: &Commands) {
         let Some(retention) = self.retention else {
             return;
         };
@@ -475,12 +492,7 @@ struct Read {
 }
 
 impl Read {
-    async fn run(
-        self,
-        mut conn: MultiplexedConnection,
-        retention: Retention,
-        delay: Duration,
-    ) -> Fetched {
+    async fn run(self, mut conn: Commands, retention: Retention, delay: Duration) -> Fetched {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

@@ -1,0 +1,55 @@
+//! The publisher's connections to the cluster's masters: one multiplexed
+//! connection per master, opened when a message first goes there and
+//! forgotten when it fails.
+//!
+//! Publishing to a master over a connection of our own keeps a sender's
+//! order exactly as on one Redis (one connection, pipelines in order), and
+//! does not depend on the cluster client knowing the master yet: redis-rs
+//! only routes to a node it already holds a connection to, and it learns
+//! of a promoted replica only when one of its own commands is redirected.
+
+use std::collections::HashMap;
+
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+
+use super::topology::NodeAddr;
+use crate::redis_link::{Commands, TIMEOUT};
+
+#[derive(Default)]
+pub struct Masters {
+    conns: HashMap<NodeAddr, MultiplexedConnection>,
+}
+
+impl Masters {
+    /// The connection to `master`, opened if need be; `None` if it cannot
+    /// be reached.
+    pub async fn get(&mut self, master: &NodeAddr) -> Option<Commands> {
+        if let Some(conn) = self.conns.get(master) {
+            return Some(Commands::Single(conn.clone()));
+        }
+        let client = redis::Client::open(master.url()).ok()?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(TIMEOUT)
+            .set_response_timeout(TIMEOUT);
+        match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(conn) => {
+                self.conns.insert(master.clone(), conn.clone());
+                Some(Commands::Single(conn))
+            }
+            Err(e) => {
+                tracing::debug!(%master, "cannot reach a master to publish: {e}");
+                None
+            }
+        }
+    }
+
+    /// A round trip on `master`'s connection failed: the next message
+    /// opens a new one (the master may be gone; the slot map is read again).
+    pub fn forget(&mut self, master: &NodeAddr) {
+        self.conns.remove(master);
+    }
+}

@@ -1,0 +1,535 @@
+//! The Redis broker on a Redis Cluster (PROTOCOL.md section 7): sharded
+//! pub/sub, one pub/sub connection per shard master this instance needs.
+//!
+//! Everything but the pub/sub connections is the single-Redis broker's
+//! (`broker/redis.rs`): the router marks routes dirty, the publisher
+//! pipelines publishes (here split by master, `SPUBLISH`), one reader
+//! dispatches every shard's messages and repairs gaps from history, and
+//! joins wait for confirmation. This module's [`Supervisor`] replaces the
+//! single-Redis supervisor:
+//!
+//! - The slot map ([`SlotMap`], from `CLUSTER SHARDS`) is refreshed on a
+//!   timer, when a publish or subscribe is answered `MOVED`/`ASK`, when a
+//!   node unsubscribes one of our channels itself (its slot moved), and
+//!   after a shard connection is lost; after each refresh, a shard whose
+//!   channels now belong to another master is rebuilt.
+//! - Reconciliation is the single-Redis one, per shard: a dirty route's
+//!   channel goes to the master of its slot; each `SSUBSCRIBE` names one
+//!   channel (a multi-slot `SSUBSCRIBE` is refused with CROSSSLOT, and
+//!   [`shard`] says why not even several of one slot), pipelined per
+//!   master, a batch per round trip. A shard connection is
+//!   opened when a route first needs its master and closed when its last
+//!   channel is unsubscribed.
+//! - A shard connection is lost when its probe (PING every second) fails,
+//!   when it drops, or when the server unsubscribes one of its channels on
+//!   its own (a slot migration, a demoted master): its routes are handed
+//!   to the reader as lost (they catch up from history once subscribed
+//!   again), and resubscribed on whichever master owns them now. No socket
+//!   notices but for the repaired gap.
+//! - Readiness: `/readyz` is 503 while any wanted route cannot be
+//!   subscribed (its master unreachable, its slot without a master) or the
+//!   slot map is unknown.
+//!
+//! Broadcast is one sharded channel too, not classic pub/sub. Every
+//! instance listens to it, so classic `PUBLISH` would cost nothing in
+//! subscriptions, but on a cluster it is forwarded to every node over the
+//! cluster bus, the traffic sharded pub/sub exists to avoid; and the
+//! history script must run on the master of the broadcast route's slot
+//! anyway (its keys live there), where an `SPUBLISH` is local. So all
+//! three routes take one code path. The price: broadcast traffic loads one
+//! shard, and every instance holds a connection to that shard's master.
+//! Measured on a local 3-master, 3-replica Redis 7.0 cluster (`CLUSTER
+//! INFO` bus counters): 1,000 classic `PUBLISH`es made 5,000 cluster-bus
+//! messages (one to every other node), 1,000 `SPUBLISH`es made 1,000 (to
+//! the shard's replica only); the gap grows with the cluster.
+
+mod masters;
+mod shard;
+mod slot;
+mod slot_map;
+mod topology;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Msg;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+
+use super::redis::reader::{Event, Reader};
+use super::redis::{
+    jitter, timed, Subscriptions, BACKOFF_MAX, BACKOFF_MIN, BATCH, PROBE_EVERY, RECONCILE_EVERY,
+    UNSUBSCRIBE_AFTER,
+};
+use crate::channels::{Names, Route};
+use crate::history::redis as history;
+use crate::history::Retention;
+use crate::metrics;
+use crate::redis_link::{Commands, RedisLink};
+use crate::router::Router;
+pub use masters::Masters;
+use shard::{Alarm, Answer, Shard, ShardId};
+pub use slot::Slot;
+pub use slot_map::SlotMap;
+pub use topology::NodeAddr;
+
+/// How often the slot map is read again without a reason.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+/// Owns the shard connections: connects, reconciles, probes, follows the
+/// cluster's changes.
+pub struct Supervisor {
+    link: Arc<RedisLink>,
+    router: Arc<Router>,
+    names: Names,
+    retention: Retention,
+    subs: Arc<Subscriptions>,
+    map: Arc<SlotMap>,
+    seeds: Vec<NodeAddr>,
+    /// Whether the last refresh of the slot map worked.
+    mapped: bool,
+    shards: HashMap<NodeAddr, Shard>,
+    next_shard: u64,
+    /// Where each confirmed route is subscribed.
+    placed: HashMap<Route, NodeAddr>,
+    /// Unwanted but still subscribed routes, with the time they became so.
+    pending_unsubscribe: HashMap<Route, Instant>,
+    /// Wanted routes not subscribed because their master is out of reach.
+    failing: HashSet<Route>,
+    messages: UnboundedSender<Msg>,
+    alarms: UnboundedSender<Alarm>,
+    /// Tells the reader what was (un)subscribed or lost.
+    events: UnboundedSender<Event>,
+    /// Taken by [`Supervisor::run`].
+    inboxes: Option<Inboxes>,
+}
+
+struct Inboxes {
+    messages: UnboundedReceiver<Msg>,
+    alarms: UnboundedReceiver<Alarm>,
+    events: UnboundedReceiver<Event>,
+}
+
+impl Supervisor {
+    pub fn new(
+        link: Arc<RedisLink>,
+        router: Arc<Router>,
+        names: Names,
+        retention: Retention,
+        subs: Arc<Subscriptions>,
+        map: Arc<SlotMap>,
+    ) -> Supervisor {
+        let seeds = link
+            .seeds()
+            .iter()
+            .filter_map(|s| NodeAddr::parse(s))
+            .collect();
+        let (messages, messages_rx) = mpsc::unbounded_channel();
+        let (alarms, alarms_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        // Not ready before the first subscriptions.
+        subs.impaired.store(true, Ordering::Release);
+        Supervisor {
+            link,
+            router,
+            names,
+            retention,
+            subs,
+            map,
+            seeds,
+            mapped: false,
+            shards: HashMap::new(),
+            next_shard: 0,
+            placed: HashMap::new(),
+            pending_unsubscribe: HashMap::new(),
+            failing: HashSet::new(),
+            messages,
+            alarms,
+            events,
+            inboxes: Some(Inboxes {
+                messages: messages_rx,
+                alarms: alarms_rx,
+                events: events_rx,
+            }),
+        }
+    }
+
+    pub async fn run(mut self, reader: Reader) {
+        let Some(inboxes) = self.inboxes.take() else {
+            return;
+        };
+        let command = self.connect().await;
+        let mut messages = inboxes.messages;
+        let stream = futures_util::stream::poll_fn(move |cx| messages.poll_recv(cx));
+        tokio::spawn(reader.run(stream, inboxes.events, command.clone()));
+        self.link.set_up(command);
+        metrics::redis_up(!self.subs.impaired.load(Ordering::Acquire));
+        let mut alarms = inboxes.alarms;
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        let mut tick = tokio::time::interval(RECONCILE_EVERY);
+        let mut refresh = tokio::time::interval(REFRESH_EVERY);
+        let map = Arc::clone(&self.map);
+        loop {
+            tokio::select! {
+                _ = self.subs.wake.notified() => self.reconcile().await,
+                _ = tick.tick() => self.reconcile().await,
+                _ = probe.tick() => self.probe().await,
+                _ = refresh.tick() => self.refresh().await,
+                _ = map.stale.notified() => self.refresh().await,
+                Some(alarm) = alarms.recv() => self.on_alarm(alarm).await,
+            }
+            let impaired = !self.mapped || !self.failing.is_empty();
+            if self.subs.impaired.swap(impaired, Ordering::AcqRel) != impaired {
+                // `aether_redis_up` tells the truth /readyz tells.
+                metrics::redis_up(!impaired);
+            }
+        }
+    }
+
+    /// The command connection (scripts loaded) and a first slot map; tries
+    /// until both work.
+    async fn connect(&mut self) -> Commands {
+        let mut backoff = BACKOFF_MIN;
+        let mut attempts = 0u64;
+        loop {
+            match self.try_connect().await {
+                Ok(command) => {
+                    if attempts > 0 {
+                        tracing::info!("Redis Cluster reachable again");
+                    }
+                    return command;
+                }
+                Err(e) => {
+                    if attempts == 0 || backoff == BACKOFF_MAX {
+                        tracing::warn!("Redis Cluster unreachable ({e}); retrying");
+                    }
+                }
+            }
+            attempts += 1;
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn try_connect(&mut self) -> Result<Commands, String> {
+        self.refresh().await;
+        if !self.mapped {
+            return Err("no slot map".into());
+        }
+        let mut command = self.link.open_command().await.map_err(|e| e.to_string())?;
+        if self.retention.is_on() {
+            // SCRIPT LOAD goes to every master.
+            timed(history::load(&mut command))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(command)
+    }
+
+    /// Reads the slot map again; rebuilds the shards whose channels moved.
+    async fn refresh(&mut self) {
+        let current = self.map.get();
+        match current.fetch(&self.seeds).await {
+            Ok(topology) => {
+                self.mapped = true;
+                if !topology.is_complete() {
+                    tracing::debug!("some slots have no healthy master (a failover under way?)");
+                }
+                if topology != *current {
+                    tracing::info!(
+                        masters = topology.masters().len(),
+                        "cluster slot map changed"
+                    );
+                    self.map.set(topology);
+                    self.lose_moved();
+                }
+            }
+            Err(e) => {
+                if self.mapped {
+                    tracing::warn!("cluster slot map unreadable: {e}");
+                }
+                self.mapped = false;
+            }
+        }
+    }
+
+    /// Loses every shard holding a channel whose slot another master owns.
+    fn lose_moved(&mut self) {
+        let topology = self.map.get();
+        let moved: Vec<NodeAddr> = self
+            .shards
+            .values()
+            .filter(|shard| {
+                shard.routes.iter().any(|route| {
+                    let slot = Slot::of(&self.names.channel(route));
+                    topology.master_of(slot) != Some(&shard.addr)
+                })
+            })
+            .map(|shard| shard.addr.clone())
+            .collect();
+        for addr in moved {
+            self.lose(&addr, "its slots moved");
+        }
+    }
+
+    async fn on_alarm(&mut self, alarm: Alarm) {
+        let (id, unsolicited) = match alarm {
+            Alarm::Disconnected { shard } => (shard, None),
+            Alarm::Unsubscribed { shard, channel } => (shard, Some(channel)),
+        };
+        let Some(addr) = self.addr_of(id) else {
+            return; // a connection replaced already
+        };
+        let why = match unsolicited {
+            None => "disconnected",
+            Some(channel) => {
+                // Ours to unsubscribe only if still placed there: what we
+                // unsubscribed ourselves is no longer.
+                let ours = self
+                    .names
+                    .route(&channel)
+                    .is_some_and(|r| self.placed.get(&r) == Some(&addr));
+                if !ours {
+                    return;
+                }
+                "the server unsubscribed a channel (slot moved)"
+            }
+        };
+        self.lose(&addr, why);
+        self.refresh().await;
+        self.reconcile().await;
+    }
+
+    fn addr_of(&self, id: ShardId) -> Option<NodeAddr> {
+        self.shards
+            .values()
+            .find(|s| s.id == id)
+            .map(|s| s.addr.clone())
+    }
+
+    /// Every shard must answer a PING in time.
+    async fn probe(&mut self) {
+        let addrs: Vec<NodeAddr> = self.shards.keys().cloned().collect();
+        let mut lost = false;
+        for addr in addrs {
+            let Some(shard) = self.shards.get_mut(&addr) else {
+                continue;
+            };
+            if let Err(e) = timed(shard.ping()).await {
+                self.lose(&addr, &format!("probe failed: {e}"));
+                lost = true;
+            }
+        }
+        if lost || !self.failing.is_empty() || !self.mapped {
+            self.refresh().await;
+        }
+    }
+
+    /// Drops a shard's connection; its wanted routes are subscribed again
+    /// (wherever their slot is now) and catch up from history.
+    fn lose(&mut self, addr: &NodeAddr, why: &str) {
+        let Some(shard) = self.shards.remove(addr) else {
+            return;
+        };
+        let label = addr.to_string();
+        tracing::warn!(shard = %label, "shard pub/sub connection lost ({why}); resubscribing");
+        metrics::redis_shard_reconnect(&label);
+        metrics::redis_reconnect();
+        metrics::redis_shard(&label, false, 0);
+        let routes: Vec<Route> = shard.routes.into_iter().collect();
+        for route in &routes {
+            self.placed.remove(route);
+            self.pending_unsubscribe.remove(route);
+        }
+        self.subs.confirm(&routes, false);
+        let (wanted, unwanted): (Vec<Route>, Vec<Route>) =
+            routes.into_iter().partition(|r| self.router.wants(r));
+        self.failing.extend(wanted.iter().cloned());
+        self.subs.mark_all(wanted.iter().cloned());
+        self.tell(Event::Unsubscribed(unwanted));
+        self.tell(Event::Lost(wanted));
+    }
+
+    /// Brings the shards' subscriptions in line with the router for every
+    /// dirty route (and every route that failed before), and sends the
+    /// unsubscribes that are due.
+    async fn reconcile(&mut self) {
+        let mut dirty = self.subs.take_dirty();
+        dirty.extend(self.failing.iter().cloned());
+        let now = Instant::now();
+        let mut subscribe = Vec::new();
+        for route in dirty {
+            let wanted = self.router.wants(&route);
+            let confirmed = self.placed.contains_key(&route);
+            if wanted {
+                self.pending_unsubscribe.remove(&route);
+                if !confirmed {
+                    subscribe.push(route);
+                }
+            } else {
+                self.failing.remove(&route);
+                if confirmed {
+                    self.pending_unsubscribe.entry(route).or_insert(now);
+                }
+            }
+        }
+        self.subscribe(subscribe).await;
+        self.unsubscribe_due(now).await;
+        self.close_idle();
+    }
+
+    async fn subscribe(&mut self, routes: Vec<Route>) {
+        let topology = self.map.get();
+        let mut groups: BTreeMap<NodeAddr, Vec<Route>> = BTreeMap::new();
+        for route in routes {
+            let slot = Slot::of(&self.names.channel(&route));
+            match topology.master_of(slot) {
+                Some(master) => groups.entry(master.clone()).or_default().push(route),
+                None => {
+                    self.failing.insert(route);
+                }
+            }
+        }
+        for (master, routes) in groups {
+            for chunk in routes.chunks(BATCH) {
+                self.subscribe_on(&master, chunk).await;
+            }
+        }
+    }
+
+    /// `SSUBSCRIBE`s routes on their master: one pipeline of one-channel
+    /// commands (each within one slot, so never CROSSSLOT; the master owns
+    /// all their slots, so one round trip for the lot).
+    async fn subscribe_on(&mut self, master: &NodeAddr, routes: &[Route]) {
+        let label = master.to_string();
+        if !self.shards.contains_key(master) {
+            if let Err(e) = self.open(master).await {
+                tracing::debug!(shard = %label, "cannot open a shard connection: {e}");
+                metrics::redis_shard_failure(&label);
+                self.failing.extend(routes.iter().cloned());
+                return;
+            }
+        }
+        let Some(shard) = self.shards.get_mut(master) else {
+            return;
+        };
+        let channels: Vec<String> = routes.iter().map(|r| self.names.channel(r)).collect();
+        let answers = match timed(shard.subscribe(&channels)).await {
+            Ok(answers) if answers.len() == routes.len() => answers,
+            other => {
+                let why = other
+                    .err()
+                    .map_or("short answer".to_owned(), |e| e.to_string());
+                metrics::redis_shard_failure(&label);
+                self.lose(master, &format!("SSUBSCRIBE failed: {why}"));
+                self.failing.extend(routes.iter().cloned());
+                return;
+            }
+        };
+        let mut confirmed = Vec::new();
+        let mut moved = false;
+        for (route, answer) in routes.iter().zip(answers) {
+            match answer {
+                Answer::Confirmed => {
+                    confirmed.push(route.clone());
+                    continue;
+                }
+                Answer::Moved => moved = true,
+                Answer::Refused(e) => tracing::warn!(?route, "SSUBSCRIBE refused: {e}"),
+            }
+            self.failing.insert(route.clone());
+        }
+        for route in &confirmed {
+            shard.routes.insert(route.clone());
+            self.placed.insert(route.clone(), master.clone());
+            self.failing.remove(route);
+        }
+        metrics::redis_shard(&label, true, shard.routes.len());
+        self.subs.confirm(&confirmed, true);
+        self.tell(Event::Subscribed(confirmed));
+        if moved {
+            self.map.moved();
+        }
+    }
+
+    async fn open(&mut self, master: &NodeAddr) -> Result<(), String> {
+        self.next_shard += 1;
+        let id = ShardId(self.next_shard);
+        let opening = Shard::open(
+            id,
+            master.clone(),
+            self.messages.clone(),
+            self.alarms.clone(),
+        );
+        let shard = timed(opening).await.map_err(|e| e.to_string())?;
+        tracing::info!(shard = %master, "shard pub/sub connection open");
+        self.shards.insert(master.clone(), shard);
+        Ok(())
+    }
+
+    async fn unsubscribe_due(&mut self, now: Instant) {
+        let due: Vec<Route> = self
+            .pending_unsubscribe
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= UNSUBSCRIBE_AFTER)
+            .map(|(route, _)| route.clone())
+            .collect();
+        let mut by_shard: HashMap<NodeAddr, Vec<Route>> = HashMap::new();
+        for route in due {
+            self.pending_unsubscribe.remove(&route);
+            if self.router.wants(&route) {
+                continue;
+            }
+            if let Some(addr) = self.placed.get(&route) {
+                by_shard.entry(addr.clone()).or_default().push(route);
+            }
+        }
+        for (addr, routes) in by_shard {
+            for chunk in routes.chunks(BATCH) {
+                self.unsubscribe_on(&addr, chunk).await;
+            }
+        }
+    }
+
+    async fn unsubscribe_on(&mut self, addr: &NodeAddr, routes: &[Route]) {
+        let Some(shard) = self.shards.get_mut(addr) else {
+            return;
+        };
+        let channels: Vec<String> = routes.iter().map(|r| self.names.channel(r)).collect();
+        if let Err(e) = timed(shard.unsubscribe(&channels)).await {
+            self.lose(addr, &format!("SUNSUBSCRIBE failed: {e}"));
+            return;
+        }
+        for route in routes {
+            shard.routes.remove(route);
+            self.placed.remove(route);
+        }
+        metrics::redis_shard(&addr.to_string(), true, shard.routes.len());
+        self.subs.confirm(routes, false);
+        self.tell(Event::Unsubscribed(routes.to_vec()));
+    }
+
+    /// A master no local route needs gets no connection.
+    fn close_idle(&mut self) {
+        self.shards.retain(|addr, shard| {
+            let keep = !shard.routes.is_empty();
+            if !keep {
+                tracing::debug!(shard = %addr, "shard pub/sub connection closed (no channel left)");
+                metrics::redis_shard(&addr.to_string(), false, 0);
+            }
+            keep
+        });
+    }
+
+    /// Tells the reader, which tracks routes only with history on.
+    fn tell(&self, event: Event) {
+        let empty = match &event {
+            Event::Subscribed(r) | Event::Unsubscribed(r) | Event::Lost(r) => r.is_empty(),
+            Event::Settled => false,
+        };
+        if self.retention.is_on() && !empty {
+            let _ = self.events.send(event);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! One `redis-server` of the test cluster as a child process, and how the
+//! harness starts processes: from one thread that lives as long as the
+//! test binary, so the kernel kills them when the binary ends
+//! (`PR_SET_PDEATHSIG`), even when no destructor runs.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::CLUSTER_TIMEOUT;
+
+/// One `redis-server` of the cluster.
+pub struct Node {
+    pub port: u16,
+    bus_port: u16,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        let port = super::super::private_port();
+        let bus_port = super::super::private_port();
+        let dir =
+            std::env::temp_dir().join(format!("aether-cluster-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("cluster node directory");
+        Node {
+            port,
+            bus_port,
+            dir,
+            child: None,
+        }
+    }
+
+    pub fn spawn(&mut self) {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-port", &self.bus_port.to_string()])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "1000"])
+            // A replica in sync at once (no 5 s wait for more replicas to
+            // share a diskless transfer), and allowed to take over however
+            // long its link was down: failovers in seconds, every time.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(["--cluster-replica-validity-factor", "0"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--dir", &self.dir.to_string_lossy()])
+            .args(["--logfile", "redis.log"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(spawn_kept(command));
+        wait_listening(self.port);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the directories of clusters whose test binary has gone (a
+/// shared cluster is never dropped, so its binary cannot clean up).
+pub fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("aether-cluster-")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// `redis-cli --cluster create` over `ports`, one replica per master.
+pub fn create(ports: &[u16]) {
+    let mut command = Command::new("redis-cli");
+    command.arg("--cluster").arg("create");
+    command.args(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+    command
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = spawn_kept(command);
+    let deadline = Instant::now() + CLUSTER_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                assert!(status.success(), "redis-cli --cluster create: {status}");
+                return;
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-cli --cluster create did not finish");
+            }
+        }
+    }
+}
+
+/// Starts `command` from one thread that lives as long as the test binary,
+/// with `PR_SET_PDEATHSIG`: the kernel kills the child when that thread,
+/// hence the binary, ends, even when no destructor runs.
+fn spawn_kept(mut command: Command) -> Child {
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        std::thread::spawn(move || {
+            for (mut command, reply) in incoming {
+                let _ = reply.send(command.spawn());
+            }
+            // Never returns while the binary runs: the sender is static.
+        });
+        Mutex::new(requests)
+    });
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((command, reply))
+        .expect("the spawner thread runs");
+    answer
+        .recv()
+        .expect("the spawner answers")
+        .expect("start redis-server/redis-cli (Debian's redis-server package)")
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + super::super::TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server :{port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
