@@ -100,9 +100,8 @@ impl Names {
     /// hash-tagged with the group's public key so that both live in one
     /// Redis Cluster slot and one script updates them: the public key has
     /// no tag of its own (its name is public), so it hashes as its whole
-    /// name, which is this key's tag. A prefix carrying a tag (`{env}:`)
-    /// gives both keys that tag instead: the same slot still. (A prefix with
-    /// unpaired braces cannot be placed so; it only works on one Redis.)
+    /// name, which is this key's tag. (On a cluster the prefix has no
+    /// braces: `config.rs` refuses them there.)
     pub fn holders_key(&self, group: &VisionId, client: &VisionId) -> String {
         format!(
             "{}{HOLDERS}{{{}}}:{client}",

@@ -196,6 +196,8 @@ pub enum ConfigError {
     RedisBoth,
     #[error("AETHER_REDIS_CLUSTER: {0:?} is not host:port")]
     RedisCluster(String),
+    #[error("AETHER_REDIS_PREFIX: no braces on a Redis Cluster (a hash tag would put every channel in one slot)")]
+    ClusterPrefix,
     #[error("AETHER_PRESENCE_TTL_SECS: must be at least 1 second")]
     PresenceTtl,
     #[error("AETHER_TOKEN_AUDIENCE: must not be empty")]
@@ -271,6 +273,12 @@ impl Config {
             if !matches!(port, Some((h, Ok(p))) if !h.is_empty() && p > 0) {
                 return Err(ConfigError::RedisCluster(seed.clone()));
             }
+        }
+        // A route's history keys take its channel's whole name as their hash
+        // tag, which only lands in the channel's slot when the name has no
+        // tag of its own.
+        if !self.redis_cluster.is_empty() && self.redis_prefix.contains(['{', '}']) {
+            return Err(ConfigError::ClusterPrefix);
         }
         Ok(self)
     }
@@ -396,6 +404,10 @@ mod tests {
                 "AETHER_REDIS_CLUSTER",
             ),
             (&["--redis-cluster", "a:1,nowhere"][..], "not host:port"),
+            (
+                &["--redis-cluster", "a:1", "--redis-prefix", "{env}:"][..],
+                "AETHER_REDIS_PREFIX",
+            ),
             (&["--presence-ttl", "0.5"][..], "AETHER_PRESENCE_TTL_SECS"),
             (&["--allow-client-broadcast", "maybe"][..], "invalid value"),
             (&["--console", "perhaps"][..], "invalid value"),
