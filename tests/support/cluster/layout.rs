@@ -79,34 +79,8 @@ pub fn parse_nodes(text: &str) -> Vec<NodeView> {
         .collect()
 }
 
-/// The slot of a key or channel: CRC16 (XMODEM) of its hash tag (the text
-/// between the first `{` and the next `}`, when not empty) or of the whole
-/// name, modulo 16384.
+/// The slot of a key or channel, as the hub computes it
+/// (`tests/cluster.rs` checks that against `CLUSTER KEYSLOT`).
 pub fn key_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let hashed = bytes
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &bytes[open + 1..];
-            let len = rest.iter().position(|&b| b == b'}')?;
-            (len > 0).then(|| &rest[..len])
-        })
-        .unwrap_or(bytes);
-    crc16(hashed) % SLOTS
-}
-
-fn crc16(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in bytes {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    aether_hub::broker::Slot::of(key).get()
 }
