@@ -175,15 +175,18 @@ async fn recv_skipping_presence(client: &mut Client) -> Value {
     panic!("only presence messages arrived");
 }
 
-/// The first of `n` consecutive free private ports (a cluster's nodes).
+/// The first of `n` consecutive free ports for Redis nodes. A cluster
+/// node also listens on its port + 10000 (the cluster bus, as
+/// `deploy/local/run` leaves it): those must be free too, and below the
+/// kernel's ephemeral range (32768 up), where any outgoing connection
+/// could take one.
 fn consecutive_ports(n: u16) -> u16 {
-    for _ in 0..100 {
-        let first = private_port();
-        if (1..n).all(|i| private_port() == first + i) {
-            return first;
-        }
-    }
-    panic!("no {n} consecutive free ports");
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let start = 12_000 + (std::process::id() % 1000) as u16 * 6;
+    (0..1000u16)
+        .map(|i| 12_000 + (start - 12_000 + i * 7) % 10_000)
+        .find(|&first| (0..n).all(|i| free(first + i) && (n == 1 || free(first + i + 10_000))))
+        .unwrap_or_else(|| panic!("no {n} consecutive free ports"))
 }
 
 #[tokio::test]
