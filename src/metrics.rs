@@ -400,6 +400,13 @@ pub fn redis_shard(shard: &str, up: bool, channels: usize) {
     gauge!(REDIS_SHARD_CHANNELS, &label).set(channels as f64);
 }
 
+/// A shard master's counters start at zero when the hub first connects to
+/// it, so a healthy shard shows "0 reconnects" rather than no data.
+pub fn redis_shard_opened(shard: &str) {
+    counter!(REDIS_SHARD_RECONNECTS, "shard" => shard.to_owned()).increment(0);
+    counter!(REDIS_SHARD_FAILURES, "shard" => shard.to_owned()).increment(0);
+}
+
 pub fn redis_shard_reconnect(shard: &str) {
     counter!(REDIS_SHARD_RECONNECTS, "shard" => shard.to_owned()).increment(1);
 }

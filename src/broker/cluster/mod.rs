@@ -464,6 +464,7 @@ impl Supervisor {
         );
         let shard = timed(opening).await.map_err(|e| e.to_string())?;
         tracing::info!(shard = %master, "shard pub/sub connection open");
+        metrics::redis_shard_opened(&master.to_string());
         self.shards.insert(master.clone(), shard);
         Ok(())
     }
