@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Redis Cluster against a single Redis, A/B in one run, on fresh hubs and
 # fresh redis-server processes on 127.0.0.1:
-#  - fan-out, 1 group x 1,000 subscribers at max rate, 10 s, two hubs;
-#  - 100 groups x 50 subscribers x 10 msg/s, two hubs: p99;
+#  - fan-out, 1 group x 1,000 subscribers at max rate, 14 s, two hubs;
+#  - 100 groups x 50 subscribers x 10 msg/s, 14 s, two hubs: p99;
 # through one redis-server, then through a 3-master cluster (no replicas:
 # on 2 cores they would only take CPU from the masters). Redis CPU
 # (used_cpu_user + used_cpu_sys of INFO cpu) is read on every Redis
 # process before and after each run, so the per-message Redis cost and its
 # spread over the masters come out of the same runs. Single and cluster
-# alternate within each of ROUNDS rounds (the first rotating).
+# alternate within each of ROUNDS rounds (the first rotating). Last, the
+# Redis cost of one message apart from the hub (cost_model), for the
+# capacity estimate in BENCHMARKS.md.
 #
 #   benches/cluster.sh [ROUNDS]     (default 3)
 #
@@ -41,12 +43,12 @@ redis() { # port [extra redis-server args...]
 }
 single_ports=(16510)
 cluster_ports=(16511 16512 16513)
-start_single() {
+start_single() { # [hub env...]
   redis 16510
-  hub 18611 AETHER_REDIS_URL=redis://127.0.0.1:16510/
-  hub 18612 AETHER_REDIS_URL=redis://127.0.0.1:16510/
+  hub 18611 AETHER_REDIS_URL=redis://127.0.0.1:16510/ "$@"
+  hub 18612 AETHER_REDIS_URL=redis://127.0.0.1:16510/ "$@"
 }
-start_cluster() {
+start_cluster() { # [hub env...]
   for p in "${cluster_ports[@]}"; do
     redis "$p" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000
   done
@@ -60,8 +62,8 @@ start_cluster() {
     sleep 0.1
   done
   local seeds=127.0.0.1:16511,127.0.0.1:16512,127.0.0.1:16513
-  hub 18611 AETHER_REDIS_CLUSTER="$seeds"
-  hub 18612 AETHER_REDIS_CLUSTER="$seeds"
+  hub 18611 AETHER_REDIS_CLUSTER="$seeds" "$@"
+  hub 18612 AETHER_REDIS_CLUSTER="$seeds" "$@"
 }
 cpu() { # ports... -> one JSON list of CPU seconds
   local first=1
@@ -79,10 +81,42 @@ measure() { # mode name args...
   local ports=("${single_ports[@]}")
   [ "$mode" = cluster ] && ports=("${cluster_ports[@]}")
   local before after
+  # Redis CPU is read over seconds 6 to 14 of the run, inside the measured
+  # window (connects and the 2 s warm-up come first), so joins, presence
+  # and subscribes stay out of the per-message cost.
+  $load fanout "${both[@]}" "$@" --duration 14 --warmup 2 2>/dev/null > "$out/$name.json" &
+  local load_pid=$!
+  sleep 6
   before=$(cpu "${ports[@]}")
-  $load fanout "${both[@]}" "$@" 2>/dev/null > "$out/$name.json" || true
+  sleep "$cpu_window"
   after=$(cpu "${ports[@]}")
-  echo "{\"before\": $before, \"after\": $after}" > "$out/$name.cpu.json"
+  wait "$load_pid" || true
+  echo "{\"before\": $before, \"after\": $after, \"seconds\": $cpu_window}" > "$out/$name.cpu.json"
+}
+cpu_window=8
+
+# What one message costs Redis, apart from the hub: SPUBLISH of a 400-byte
+# message (the size of the load tool's messages) by redis-benchmark
+# (pipelined, as the hubs publish) to k subscribed connections, k = 0, 2,
+# 8; Redis CPU per message, so cost = per command + k x per subscriber.
+cost_model() {
+  redis 16520
+  local payload
+  payload=$(head -c 400 /dev/zero | tr '\0' x)
+  for k in 0 2 8; do
+    local subs=()
+    for _ in $(seq "$k"); do
+      redis-cli -p 16520 SSUBSCRIBE bench:chan >/dev/null & subs+=($!)
+    done
+    sleep 0.5
+    local before after
+    before=$(cpu 16520)
+    redis-benchmark -p 16520 -n 300000 -P 16 -c 4 -q SPUBLISH bench:chan "$payload" >/dev/null
+    after=$(cpu 16520)
+    echo "{\"k\": $k, \"messages\": 300000, \"before\": $before, \"after\": $after}" > "$out/cost-$k.json"
+    kill "${subs[@]}" 2>/dev/null || true
+  done
+  cleanup
 }
 
 for round in $(seq "$rounds"); do
@@ -91,11 +125,20 @@ for round in $(seq "$rounds"); do
   for mode in "${modes[@]}"; do
     "start_$mode"
     sleep 1
-    measure "$mode" "1x1000-$mode-$round" --groups 1 --subscribers 1000 --duration 10 --warmup 2
-    measure "$mode" "100x50-$mode-$round" --groups 100 --subscribers 50 --rate 10 --duration 10 --warmup 2
+    measure "$mode" "1x1000-$mode-$round" --groups 1 --subscribers 1000
+    measure "$mode" "100x50-$mode-$round" --groups 100 --subscribers 50 --rate 10
     cleanup
   done
 done
+# The same 100 x 50 x 10 once more per mode with history off, for what a
+# message costs Redis without the history script.
+for mode in single cluster; do
+  "start_$mode" AETHER_HISTORY_SIZE=0
+  sleep 1
+  measure "$mode" "100x50-$mode-nohistory" --groups 100 --subscribers 50 --rate 10
+  cleanup
+done
+cost_model
 
 python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys
@@ -125,13 +168,33 @@ for name, unit in [("1x1000", "deliveries/s"), ("100x50", "ms p99")]:
             c = load(f"{name}-{mode}-{r}.cpu")
             if c:
                 used = [a - b for a, b in zip(c["after"], c["before"])]
-                # The CPU window also holds the 2 s warm-up at the same rate.
-                msgs = d["published_per_sec"] * (d["seconds"] + 2)
-                per = f", {1e6 * sum(used) / msgs:.1f} us Redis CPU per published message" if msgs else ""
-                line += f"\n    {mode} Redis CPU s per process: {', '.join(f'{u:.2f}' for u in used)}{per}"
+                msgs = d["published_per_sec"] * c["seconds"]
+                per = f", {1e6 * sum(used) / msgs:.2f} us Redis CPU per published message" if msgs else ""
+                share = "/".join(f"{100 * u / sum(used):.0f}%" for u in used) if sum(used) else "-"
+                line += f"\n    {mode} Redis CPU s per process over {c['seconds']} s: {', '.join(f'{u:.2f}' for u in used)} ({share}){per}"
         print(line)
     if ratios:
         print(f"{name}: median cluster/single {statistics.median(ratios):.3f}")
+for mode in ("single", "cluster"):
+    d, c = load(f"100x50-{mode}-nohistory"), load(f"100x50-{mode}-nohistory.cpu")
+    if not d or not c:
+        problems.append(f"100x50 {mode} history off: missing report"); continue
+    used = [a - b for a, b in zip(c["after"], c["before"])]
+    msgs = d["published_per_sec"] * c["seconds"]
+    print(f"100x50 {mode}, history off: p99 {d['latency']['p99_ms']:.2f} ms, lost {d['loss']}, "
+          f"Redis CPU s per process over {c['seconds']} s: {', '.join(f'{u:.2f}' for u in used)}, "
+          f"{1e6 * sum(used) / msgs:.2f} us Redis CPU per published message")
+costs = [load(f"cost-{k}") for k in (0, 2, 8)]
+if all(costs):
+    points = [(c["k"], 1e6 * (c["after"][0] - c["before"][0]) / c["messages"]) for c in costs]
+    n = len(points)
+    mk, mc = sum(k for k, _ in points) / n, sum(c for _, c in points) / n
+    slope = sum((k - mk) * (c - mc) for k, c in points) / sum((k - mk) ** 2 for k, _ in points)
+    print("Redis CPU per SPUBLISH (400 B) by subscribed connections: "
+          + ", ".join(f"k={k}: {c:.2f} us" for k, c in points)
+          + f"; fit: {mc - slope * mk:.2f} us per message + {slope:.2f} us per subscriber")
+else:
+    problems.append("cost model: missing report")
 for p in problems:
     print("PROBLEM: " + p)
 sys.exit(1 if problems else 0)
