@@ -14,6 +14,8 @@ pub mod close;
 pub mod config;
 pub mod console;
 pub mod fdlimit;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod http;
 pub mod hub;

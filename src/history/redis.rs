@@ -341,7 +341,8 @@ pub async fn read(
     })
 }
 
-fn parse_batch(reply: Value) -> Option<Batch> {
+/// A `READ` answer as a [`Batch`]; `None` for any other shape.
+pub fn parse_batch(reply: Value) -> Option<Batch> {
     let Value::Array(items) = reply else {
         return None;
     };

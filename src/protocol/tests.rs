@@ -324,3 +324,30 @@ fn the_send_time_is_read_back_from_an_encoded_message() {
         assert_eq!(sent_at_of(not_ours), None, "{not_ours}");
     }
 }
+
+/// A lone UTF-16 surrogate escape in a raw value (payload, cmd, msg) is
+/// refused: passed on, it would reach recipients as text strict JSON
+/// parsers reject. A proper pair, or an escaped backslash before `ud83d`,
+/// is fine. (Found by the `client_frame` fuzz target.)
+#[test]
+fn lone_surrogate_escapes_are_refused() {
+    let frame = |payload: &str| {
+        format!(r#"{{"msg_type":"msg","target":"group","payload":{{"t":"{payload}"}}}}"#)
+    };
+    for lone in [r"\ud83dX", r"\ude00", r"x\uD83D", r"\udbff\u0041"] {
+        let refused = socket_parse(&frame(lone), false);
+        assert!(
+            matches!(refused, Err(FrameError::Schema(_))),
+            "{lone}: {refused:?}"
+        );
+    }
+    let cmd = r#"{"msg_type":"cmd","target":"group","cmd":"\ud800","payload":{}}"#;
+    assert!(matches!(
+        socket_parse(cmd, false),
+        Err(FrameError::Schema(_))
+    ));
+    for fine in [r"\ud83d\ude00", r"\\ud83d", r"\u00e9"] {
+        let got = socket_parse(&frame(fine), false).expect(fine);
+        assert!(got["payload"]["t"].is_string());
+    }
+}

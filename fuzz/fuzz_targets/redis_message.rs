@@ -1,0 +1,4 @@
+//! libFuzzer entry for `aether_hub::fuzzing::redis_message` (see fuzz/README.md).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| aether_hub::fuzzing::redis_message(data));
