@@ -9,6 +9,7 @@
 //! Knows nothing of sockets or Redis: the caller says who sent the frame
 //! through [`Origin`].
 
+mod strict;
 mod vision_id;
 
 use std::borrow::Cow;
@@ -81,17 +82,6 @@ pub enum FrameError {
     /// does not have (close code 4003).
     #[error("{0}")]
     Policy(String),
-}
-
-/// Whether `text` may hold a `\uD800`–`\uDFFF` escape (an escaped
-/// backslash before `u` counts too: it only costs the strict parse).
-fn has_surrogate_escape(text: &str) -> bool {
-    text.as_bytes().windows(4).any(|w| {
-        w[0] == b'\\'
-            && w[1] == b'u'
-            && (w[2] | 0x20) == b'd'
-            && matches!(w[3] | 0x20, b'8' | b'9' | b'a'..=b'f')
-    })
 }
 
 fn schema(msg: impl Into<String>) -> FrameError {
@@ -182,12 +172,8 @@ struct Incoming<'a> {
 /// Parses, validates and normalises one frame (PROTOCOL.md section 2).
 pub fn parse<'a>(text: &'a str, origin: Origin<'a>) -> Result<Message<'a>, FrameError> {
     let raw: Incoming<'a> = serde_json::from_str(text).map_err(|e| schema(describe(&e)))?;
-    if text.contains("\\u") && has_surrogate_escape(text) {
-        // serde_json skips the raw values (payload, cmd, msg) without
-        // pairing their `\u` surrogates, and a lone one would reach every
-        // recipient as text that strict parsers refuse (found by fuzzing).
-        // Rare, so only then a strict parse.
-        serde_json::from_str::<serde_json::Value>(text).map_err(|e| schema(describe(&e)))?;
+    if strict::may_need(text) {
+        strict::check(text).map_err(|e| schema(describe(&e)))?;
     }
     if let Some(v) = &raw.version {
         if v.0 != VERSION {

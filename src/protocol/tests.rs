@@ -351,3 +351,39 @@ fn lone_surrogate_escapes_are_refused() {
         assert!(got["payload"]["t"].is_string());
     }
 }
+
+/// Numbers beyond f64 and nesting past serde_json's limit are refused with
+/// a reason (4000), never relayed; ordinary exponents, long decimals and
+/// brackets inside strings pass. (Found by the `client_frame` fuzz target.)
+#[test]
+fn huge_numbers_and_deep_nesting_are_refused() {
+    let frame = |payload: &str| {
+        format!(r#"{{"msg_type":"msg","target":"group","payload":{{"v":{payload}}}}}"#)
+    };
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let long = "9".repeat(400);
+    for bad in ["1e999", "-4.4e22222", long.as_str(), deep.as_str()] {
+        let refused = socket_parse(&frame(bad), false);
+        assert!(
+            matches!(&refused, Err(FrameError::Schema(r)) if !r.is_empty()),
+            "{}: {refused:?}",
+            &bad[..bad.len().min(20)]
+        );
+    }
+    let nested = format!("{}1{}", "[".repeat(60), "]".repeat(60));
+    let bracketed = format!("\"{}\"", "[".repeat(500));
+    for fine in ["1.5e-7", "2E+10", "123456789012345678901234567890", &nested, &bracketed] {
+        let got = socket_parse(&frame(fine), false).expect(fine);
+        assert!(!got["payload"]["v"].is_null(), "{fine}");
+    }
+}
+
+#[test]
+fn the_strict_scan_flags_what_it_must() {
+    assert!(!strict::may_need(
+        r#"{"msg_type":"msg","target":"group","payload":{"seq":1,"t":"plain text"}}"#
+    ));
+    for flagged in [r#"{"v":1e5}"#, r#"{"v":"\uDC00"}"#, &format!("{}", "[".repeat(65))] {
+        assert!(strict::may_need(flagged), "{flagged}");
+    }
+}
