@@ -372,7 +372,13 @@ fn huge_numbers_and_deep_nesting_are_refused() {
     }
     let nested = format!("{}1{}", "[".repeat(60), "]".repeat(60));
     let bracketed = format!("\"{}\"", "[".repeat(500));
-    for fine in ["1.5e-7", "2E+10", "123456789012345678901234567890", &nested, &bracketed] {
+    for fine in [
+        "1.5e-7",
+        "2E+10",
+        "123456789012345678901234567890",
+        &nested,
+        &bracketed,
+    ] {
         let got = socket_parse(&frame(fine), false).expect(fine);
         assert!(!got["payload"]["v"].is_null(), "{fine}");
     }

@@ -358,9 +358,18 @@ impl Reader {
             return;
         };
         while fetches.len() < FETCHES_IN_FLIGHT {
-            let Some((route, delay)) = self.pending.pop_front() else {
+            let Some((read, delay)) = self.next_read() else {
                 return;
             };
+            fetches.push(Box::pin(read.run(conn.clone(), retention, delay)));
+        }
+    }
+
+    /// The next waiting read, and how long to wait before it; skips the
+    /// routes no longer repairing or not subscribed yet. (Apart from
+    /// [`Reader::pump`] so that tests can answer reads without Redis.)
+    fn next_read(&mut self) -> Option<(Read, Duration)> {
+        while let Some((route, delay)) = self.pending.pop_front() {
             let Some(Track::Repairing(repair)) = self.routes.get(&route) else {
                 continue;
             };
@@ -378,8 +387,9 @@ impl Reader {
                 generation: repair.generation,
                 route,
             };
-            fetches.push(Box::pin(read.run(conn.clone(), retention, delay)));
+            return Some((read, delay));
         }
+        None
     }
 
     fn apply(&mut self, done: Fetched) {
@@ -417,6 +427,9 @@ impl Reader {
             }
             repair.epoch = position.epoch;
             (repair.last, repair.cursor, repair.upto) = (0, 0, 0);
+            // Reads of the old numbering still in flight are stale now.
+            self.generations += 1;
+            repair.generation = self.generations;
             self.pending.push_back((route, Duration::ZERO));
             return;
         }
@@ -524,3 +537,6 @@ pub fn sender_of(text: &str) -> Option<String> {
         .and_then(|f| f.from_id)
         .map(Cow::into_owned)
 }
+
+#[cfg(test)]
+mod properties;
