@@ -172,8 +172,8 @@ struct Incoming<'a> {
 /// Parses, validates and normalises one frame (PROTOCOL.md section 2).
 pub fn parse<'a>(text: &'a str, origin: Origin<'a>) -> Result<Message<'a>, FrameError> {
     let raw: Incoming<'a> = serde_json::from_str(text).map_err(|e| schema(describe(&e)))?;
-    if strict::may_need(text) {
-        strict::check(text).map_err(|e| schema(describe(&e)))?;
+    for value in [raw.cmd, raw.msg, raw.payload].into_iter().flatten() {
+        strict::check(value.get()).map_err(|e| schema(describe(&e)))?;
     }
     if let Some(v) = &raw.version {
         if v.0 != VERSION {

@@ -1,61 +1,69 @@
 //! What serde_json lets through in a raw value and strict JSON readers
 //! refuse: a lone UTF-16 surrogate escape (`"\ud83d"`), a number beyond
-//! f64 (`1e999`), nesting past serde_json's recursion limit. The frame
-//! parser keeps `payload`, `cmd` and `msg` as raw text, skipped rather than
-//! decoded so that relaying them costs no allocation, and skipping checks
-//! the syntax only; relayed as they are, such values would reach every
-//! recipient as text some readers cannot parse (both cases found by
-//! fuzzing). A cheap scan finds the frames that may hold one, and only
-//! those get a strict parse, whose error is the 4000's reason.
+//! f64 (`1e999`), nesting past serde_json's recursion limit (128). The
+//! frame parser keeps `payload`, `cmd` and `msg` as raw text, skipped
+//! rather than decoded so that relaying them costs no copy, and skipping
+//! checks the syntax only; relayed as they are, such values would reach
+//! every recipient as text some readers cannot parse (both found by
+//! fuzzing). [`check`] reads a raw value once more, strictly, without
+//! building anything: every string and number decoded, and thrown away.
 
-/// Nesting the scan lets pass; serde_json's own limit is 128.
-const DEPTH: usize = 64;
-/// The longest run of digits the scan lets pass; f64 ends at 309 digits.
-const DIGITS: usize = 300;
+use std::fmt;
 
-/// Whether `text` may hold a value [`check`] refuses. False positives
-/// (brackets or `\ud8..` inside a string, a word like `"v1e"`) only cost
-/// the strict parse.
-pub fn may_need(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut depth = 0usize;
-    let mut digits = 0usize;
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b'0'..=b'9' => {
-                digits += 1;
-                if digits > DIGITS {
-                    return true;
-                }
-                continue;
-            }
-            b'e' | b'E' if digits > 0 => return true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > DEPTH {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            b'\\' if is_surrogate_escape(&bytes[i..]) => return true,
-            _ => {}
-        }
-        digits = 0;
-    }
-    false
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Reads `raw` (one JSON value) strictly; the error is the 4000's reason.
+pub fn check(raw: &str) -> Result<(), serde_json::Error> {
+    serde_json::from_str::<Strict>(raw).map(drop)
 }
 
-/// `\uD800` to `\uDFFF`, any case.
-fn is_surrogate_escape(at: &[u8]) -> bool {
-    match at {
-        [b'\\', b'u', d, x, ..] => {
-            (d | 0x20) == b'd' && matches!(x | 0x20, b'8' | b'9' | b'a'..=b'f')
-        }
-        _ => false,
+/// Any JSON value, read and dropped.
+struct Strict;
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Strict, D::Error> {
+        deserializer.deserialize_any(Strict)
     }
 }
 
-/// A strict parse of the whole frame: decodes every string and number.
-pub fn check(text: &str) -> Result<(), serde_json::Error> {
-    serde_json::from_str::<serde_json::Value>(text).map(drop)
+impl<'de> Visitor<'de> for Strict {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        while map.next_entry::<Strict, Strict>()?.is_some() {}
+        Ok(Strict)
+    }
 }
