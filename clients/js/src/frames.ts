@@ -96,6 +96,11 @@ export function buildFrame(ctx: FrameContext, target: Target, to: string | null,
     payload,
   };
   if (b.sentAt !== undefined) frame.sent_at = b.sentAt;
+  checkStrict(payload);
+  for (const key of ["cmd", "msg"] as const) {
+    const v = b[key];
+    if (typeof v === "string" && LONE_SURROGATE.test(v)) throw invalid(`${key} ${LONE_SURROGATE_REASON}`);
+  }
   let text: string;
   try {
     text = JSON.stringify(frame);
@@ -107,6 +112,35 @@ export function buildFrame(ctx: FrameContext, target: Target, to: string | null,
     throw new AetherError("too_large", `the frame is ${size} bytes, over the limit of ${ctx.maxMessageBytes}`);
   }
   return text;
+}
+
+/** A UTF-16 surrogate without its pair (e.g. an emoji cut in half). */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?:^|[^\ud800-\udbff])[\udc00-\udfff]/;
+const LONE_SURROGATE_REASON = "holds a lone UTF-16 surrogate (half of a character), which the hub refuses";
+/** Nesting the hub reads in a payload (its JSON reader stops at 128 levels, the frame's own included). */
+const MAX_DEPTH = 120;
+
+/**
+ * What JSON.stringify writes but the hub refuses with 4000 (PROTOCOL.md
+ * section 2, read strictly): a lone surrogate in a string or key, nesting
+ * past the hub's limit. Numbers need no check: JSON.stringify writes a
+ * non-finite one as null. Iterative, so a cycle ends at the depth limit.
+ */
+function checkStrict(payload: unknown): void {
+  const stack: Array<[unknown, number]> = [[payload, 1]];
+  for (let next = stack.pop(); next !== undefined; next = stack.pop()) {
+    const [value, depth] = next;
+    if (typeof value === "string") {
+      if (LONE_SURROGATE.test(value)) throw invalid(`a payload string ${LONE_SURROGATE_REASON}`);
+      continue;
+    }
+    if (value === null || typeof value !== "object") continue;
+    if (depth > MAX_DEPTH) throw invalid(`payload nests deeper than ${MAX_DEPTH} levels`);
+    for (const [key, child] of Object.entries(value)) {
+      if (LONE_SURROGATE.test(key)) throw invalid(`a payload key ${LONE_SURROGATE_REASON}`);
+      stack.push([child, depth + 1]);
+    }
+  }
 }
 
 /** A frame the client sends for itself: a heartbeat or a presence query. */

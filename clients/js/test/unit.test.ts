@@ -55,6 +55,10 @@ describe("frames", () => {
     ["bad sentAt", "group", null, { sentAt: "yesterday" }],
     ["body not an object", "echo", null, "hi"],
     ["circular payload", "echo", null, (() => { const p: Record<string, unknown> = {}; p.p = p; return { payload: p }; })()],
+    ["lone surrogate in payload", "group", null, { payload: { t: "\ud83d" } }],
+    ["lone low surrogate in a key", "group", null, { payload: { ["a\ude00"]: 1 } }],
+    ["lone surrogate in msg", "group", null, { msg: "x\ud83d" }],
+    ["nesting past the hub's limit", "group", null, { payload: { v: JSON.parse("[".repeat(130) + "]".repeat(130)) as unknown } }],
   ])("rejects %s", (_name, target, to, body) => {
     expect(() => buildFrame(ctx, target as "group", to, body as never)).toThrow(
       expect.objectContaining({ code: "invalid_message" }) as Error,
@@ -65,6 +69,11 @@ describe("frames", () => {
       expect.objectContaining({ code: "too_large" }) as Error,
     );
     expect(() => buildFrame(ctx, "echo", null, { msg: "e".repeat(60) })).not.toThrow();
+    // A whole pair, a deep-but-allowed payload and Infinity (written as null) pass.
+    const deep = JSON.parse("[".repeat(100) + "]".repeat(100)) as unknown;
+    for (const payload of [{ t: "\ud83d\ude00" }, { v: deep }, { n: Infinity }]) {
+      expect(() => buildFrame({ ...ctx, maxMessageBytes: 65536 }, "group", null, { payload })).not.toThrow();
+    }
   });
 });
 
