@@ -24,11 +24,10 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use support::attack::{
-    attack_path, close_of, connect, expect_no_msg, group_message_of_len, metric, next_text,
-    one_at_a_time, report, Bounds, Healthy, Watch,
+    attack_path, close_of, connect, expect_no_msg, group_message_of_len, metric, next_text, Bounds,
+    Scene,
 };
 use support::msg;
-use support::process::spawn_hub;
 use support::raw::{Frame, RawSocket};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -49,11 +48,9 @@ const FRAGMENTED_EACH: usize = 3;
 /// whole, and the attackers stay connected (each can still echo).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_largest_message_in_10000_fragments_is_delivered_whole() {
-    let _one = one_at_a_time().await;
-    let hub = spawn_hub(&[]).await;
-    let healthy = Healthy::start(&hub, "healthy").await;
-    let mut receiver = connect(&hub, "attack", "receiver").await;
-    let watch = Watch::start(&hub);
+    let scene = Scene::start(&[]).await;
+    let hub = &scene.hub;
+    let mut receiver = connect(hub, "attack", "receiver").await;
 
     let text = group_message_of_len(MAX_MESSAGE_BYTES);
     let started = Instant::now();
@@ -115,8 +112,6 @@ async fn the_largest_message_in_10000_fragments_is_delivered_whole() {
     }
     drop(receiver);
 
-    let healthy = healthy.finish().await;
-    report("fragments", &healthy);
     let bounds = Bounds {
         attackers: FRAGMENTERS as u64 + 1,
         // 8 messages of 64 KiB being put together and their delivered
@@ -126,7 +121,7 @@ async fn the_largest_message_in_10000_fragments_is_delivered_whole() {
         peak_rss_mib: 32,
         after_rss_mib: 16,
     };
-    watch.end(&hub, "fragments", &healthy, bounds).await;
+    scene.end("fragments", bounds).await;
 }
 
 /// One byte over the limit, in one frame or in 10,000 fragments, is closed
@@ -135,11 +130,9 @@ async fn the_largest_message_in_10000_fragments_is_delivered_whole() {
 /// for nor allocates the payload).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_over_the_limit_are_closed_1009() {
-    let _one = one_at_a_time().await;
-    let hub = spawn_hub(&[]).await;
-    let healthy = Healthy::start(&hub, "healthy").await;
-    let mut receiver = connect(&hub, "attack", "receiver").await;
-    let watch = Watch::start(&hub);
+    let scene = Scene::start(&[]).await;
+    let hub = &scene.hub;
+    let mut receiver = connect(hub, "attack", "receiver").await;
 
     let over = group_message_of_len(MAX_MESSAGE_BYTES + 1);
     let fits = group_message_of_len(MAX_MESSAGE_BYTES);
@@ -179,8 +172,6 @@ async fn frames_over_the_limit_are_closed_1009() {
     expect_no_msg(&mut receiver, Duration::from_millis(200)).await;
     drop((whole, pieces, liar, fitting, receiver));
 
-    let healthy = healthy.finish().await;
-    report("over the limit", &healthy);
     let bounds = Bounds {
         attackers: 5,
         // Two messages of 64 KiB refused (measured +0.5 MiB). The liar's
@@ -189,7 +180,7 @@ async fn frames_over_the_limit_are_closed_1009() {
         peak_rss_mib: 32,
         after_rss_mib: 16,
     };
-    watch.end(&hub, "over the limit", &healthy, bounds).await;
+    scene.end("over the limit", bounds).await;
 }
 
 /// Lets 100,000-character attacks reach the JSON parser rather than the
@@ -207,11 +198,9 @@ const DEEP: usize = 100_000;
 /// every member of the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_json_nesting_is_refused_4000() {
-    let _one = one_at_a_time().await;
-    let hub = spawn_hub(&[("AETHER_MAX_MESSAGE_BYTES", ONE_MIB)]).await;
-    let healthy = Healthy::start(&hub, "healthy").await;
-    let mut receiver = connect(&hub, "attack", "receiver").await;
-    let watch = Watch::start(&hub);
+    let scene = Scene::start(&[("AETHER_MAX_MESSAGE_BYTES", ONE_MIB)]).await;
+    let hub = &scene.hub;
+    let mut receiver = connect(hub, "attack", "receiver").await;
 
     let deep = |closed: bool| {
         let close = if closed {
@@ -242,8 +231,6 @@ async fn deep_json_nesting_is_refused_4000() {
     expect_no_msg(&mut receiver, Duration::from_millis(200)).await;
     drop(receiver);
 
-    let healthy = healthy.finish().await;
-    report("nesting", &healthy);
     let bounds = Bounds {
         attackers: 3,
         // Two 200 KB frames (measured +0.5 MiB); a parse tree of 100,000
@@ -251,7 +238,7 @@ async fn deep_json_nesting_is_refused_4000() {
         peak_rss_mib: 32,
         after_rss_mib: 16,
     };
-    watch.end(&hub, "nesting", &healthy, bounds).await;
+    scene.end("nesting", bounds).await;
 }
 
 /// Numbers no f64 holds. The hub does not re-encode `payload` (passed on
@@ -262,11 +249,9 @@ async fn deep_json_nesting_is_refused_4000() {
 /// -0.0 everywhere: accepted, and relayed exactly as written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_numbers_are_refused_4000() {
-    let _one = one_at_a_time().await;
-    let hub = spawn_hub(&[("AETHER_MAX_MESSAGE_BYTES", ONE_MIB)]).await;
-    let healthy = Healthy::start(&hub, "healthy").await;
-    let mut receiver = connect(&hub, "attack", "receiver").await;
-    let watch = Watch::start(&hub);
+    let scene = Scene::start(&[("AETHER_MAX_MESSAGE_BYTES", ONE_MIB)]).await;
+    let hub = &scene.hub;
+    let mut receiver = connect(hub, "attack", "receiver").await;
 
     let group_frame = |number: &str| {
         format!(r#"{{"msg_type":"msg","target":"group","payload":{{"n":{number}}}}}"#)
@@ -306,15 +291,13 @@ async fn huge_numbers_are_refused_4000() {
     eprintln!("[numbers] -1e-999999: accepted, relayed byte for byte");
     drop((tiny, receiver));
 
-    let healthy = healthy.finish().await;
-    report("numbers", &healthy);
     let bounds = Bounds {
         attackers: 3,
         // 100 KB frames (measured +0.1 MiB).
         peak_rss_mib: 32,
         after_rss_mib: 16,
     };
-    watch.end(&hub, "numbers", &healthy, bounds).await;
+    scene.end("numbers", bounds).await;
 }
 
 /// Text that is not UTF-8, in a whole frame or in one fragment of many: a
@@ -324,11 +307,9 @@ async fn huge_numbers_are_refused_4000() {
 /// RFC 6455's generic 1007. Nothing reaches the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_is_closed_4000() {
-    let _one = one_at_a_time().await;
-    let hub = spawn_hub(&[]).await;
-    let healthy = Healthy::start(&hub, "healthy").await;
-    let mut receiver = connect(&hub, "attack", "receiver").await;
-    let watch = Watch::start(&hub);
+    let scene = Scene::start(&[]).await;
+    let hub = &scene.hub;
+    let mut receiver = connect(hub, "attack", "receiver").await;
 
     let frame_with = |bad: &[u8]| {
         let mut frame = br#"{"msg_type":"msg","target":"group","msg":"ab"#.to_vec();
@@ -371,14 +352,12 @@ async fn invalid_utf8_is_closed_4000() {
     expect_no_msg(&mut receiver, Duration::from_millis(200)).await;
     drop(receiver);
 
-    let healthy = healthy.finish().await;
-    report("utf-8", &healthy);
     let bounds = Bounds {
         attackers: 5,
         peak_rss_mib: 32,
         after_rss_mib: 16,
     };
-    watch.end(&hub, "utf-8", &healthy, bounds).await;
+    scene.end("utf-8", bounds).await;
 }
 
 /// Pings one flooder sends: 100 every 10 ms (10,000 a second), for 2.5 s
@@ -485,10 +464,8 @@ async fn ping_flood(mut flooder: RawSocket, read_along: bool) -> Flood {
 /// descriptor grows with the flood.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_is_answered_at_bounded_cost() {
-    let _one = one_at_a_time().await;
-    let hub = spawn_hub(&[]).await;
-    let healthy = Healthy::start(&hub, "healthy").await;
-    let watch = Watch::start(&hub);
+    let scene = Scene::start(&[]).await;
+    let hub = &scene.hub;
 
     let reader = RawSocket::connect(hub.addr, &attack_path("flooder"), None).await;
     let deaf =
@@ -510,8 +487,6 @@ async fn a_ping_flood_is_answered_at_bounded_cost() {
         assert!(flood.pongs >= 1, "{who}: the hub answers pings");
     }
 
-    let healthy = healthy.finish().await;
-    report("ping flood", &healthy);
     let bounds = Bounds {
         attackers: 2,
         // Measured +0.1 MiB. 40,000 pings: 1 KiB kept per ping would be
@@ -519,7 +494,7 @@ async fn a_ping_flood_is_answered_at_bounded_cost() {
         peak_rss_mib: 32,
         after_rss_mib: 16,
     };
-    watch.end(&hub, "ping flood", &healthy, bounds).await;
+    scene.end("ping flood", bounds).await;
 }
 
 const SLOW_CLIENTS: usize = 500;
@@ -537,14 +512,12 @@ const SLOW_CLIENTS: usize = 500;
 /// 500 times the scale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_clients_that_stop_reading_are_dropped_4008() {
-    let _one = one_at_a_time().await;
-    let hub = spawn_hub(&[]).await;
-    let healthy = Healthy::start(&hub, "healthy").await;
-    let watch = Watch::start(&hub);
+    let scene = Scene::start(&[]).await;
+    let hub = &scene.hub;
     let dropped = r#"aether_messages_dropped_total{reason="slow_consumer"}"#;
     let closed_4008 = r#"aether_connections_closed_total{code="4008"}"#;
-    let dropped_before = metric(&hub, dropped).await;
-    let closed_before = metric(&hub, closed_4008).await;
+    let dropped_before = metric(hub, dropped).await;
+    let closed_before = metric(hub, closed_4008).await;
 
     // A small receive buffer, and Ethernet-sized segments: over loopback's
     // 64 KiB segments the hub's kernel gives each stalled socket a send
@@ -559,7 +532,7 @@ async fn five_hundred_clients_that_stop_reading_are_dropped_4008() {
         });
         slow.extend(futures_util::future::join_all(batch).await);
     }
-    let busy = connect(&hub, "attack", "busy").await;
+    let busy = connect(hub, "attack", "busy").await;
     let (mut busy_tx, mut busy_rx) = busy.ws.split();
     // The busy sender reads what it is sent (presence events); ends with
     // the test.
@@ -585,7 +558,7 @@ async fn five_hundred_clients_that_stop_reading_are_dropped_4008() {
             .expect("the busy sender is never slowed to a stop");
         sent += 1;
         if sent % 32 == 0 {
-            kicked = metric(&hub, dropped).await - dropped_before;
+            kicked = metric(hub, dropped).await - dropped_before;
             if kicked > 0.0 && first_kick.is_none() {
                 first_kick = Some(Instant::now());
             }
@@ -635,8 +608,6 @@ async fn five_hundred_clients_that_stop_reading_are_dropped_4008() {
 
     let _ = busy_tx.close().await;
     busy_reader.abort();
-    let healthy = healthy.finish().await;
-    report("500 slow", &healthy);
     let bounds = Bounds {
         attackers: SLOW_CLIENTS as u64 + 1,
         // 500 sockets with full 1,024-message queues: the messages are
@@ -650,7 +621,7 @@ async fn five_hundred_clients_that_stop_reading_are_dropped_4008() {
         // kept; per-socket leaks show in descriptors and socket counts.
         after_rss_mib: 120,
     };
-    watch.end(&hub, "500 slow", &healthy, bounds).await;
+    let hub = scene.end("500 slow", bounds).await;
     let closed = metric(&hub, closed_4008).await - closed_before;
     assert_eq!(
         closed, SLOW_CLIENTS as f64,

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::process::Running;
+use super::process::{spawn_hub, Running};
 use super::raw::{Frame, RawSocket};
 use super::{msg, Client, Event, TIMEOUT};
 
@@ -451,4 +451,38 @@ pub fn group_message_of_len(len: usize) -> String {
     let text = format!("{head}{body}{tail}");
     assert_eq!(text.len(), len);
     text
+}
+
+/// One attack's stage: the hub (one attack at a time), its healthy group
+/// talking, and the watch on its resources from before the attack.
+pub struct Scene {
+    _one: tokio::sync::MutexGuard<'static, ()>,
+    pub hub: Running,
+    healthy: Healthy,
+    watch: Watch,
+}
+
+impl Scene {
+    pub async fn start(env: &[(&str, &str)]) -> Scene {
+        let one = one_at_a_time().await;
+        let hub = spawn_hub(env).await;
+        let healthy = Healthy::start(&hub, "healthy").await;
+        let watch = Watch::start(&hub);
+        Scene {
+            _one: one,
+            hub,
+            healthy,
+            watch,
+        }
+    }
+
+    /// Checks that every healthy message arrived in order, prints its
+    /// latency, and checks the hub gave back what the attack cost it;
+    /// the hub stays up for what the test asks it after.
+    pub async fn end(self, name: &str, bounds: Bounds) -> Running {
+        let healthy = self.healthy.finish().await;
+        report(name, &healthy);
+        self.watch.end(&self.hub, name, &healthy, bounds).await;
+        self.hub
+    }
 }
