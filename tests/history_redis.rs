@@ -414,7 +414,12 @@ async fn consecutive_until(client: &mut Client, last: u64) -> u64 {
 #[tokio::test]
 async fn a_pubsub_blip_loses_and_repeats_nothing() {
     let redis = RedisServer::start();
-    let (a, b) = default_pair(&redis).await;
+    // History must outlast the blip: at one message every 2 ms, the default
+    // 100 entries cover 200 ms, and a reconnect (backoff from 100 ms with
+    // jitter, then connect and resubscribe) can take longer on a busy
+    // machine, so the oldest missed messages were trimmed before the
+    // repair read them (the test failed ~1 run in 12 that way).
+    let (a, b) = pair(&redis, 2_000, Duration::from_secs(300)).await;
     // On A: client:w1, client:w2, group:line, broadcast = 4 channels.
     // On B: client:planner, group:line, broadcast = 3.
     let mut w1 = a.connect("line", "w1").await;
