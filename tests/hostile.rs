@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use support::attack::{
-    attack_path, close_of, connect, expect_no_msg, group_message_of_len, metric, next_text, Bounds,
-    Scene,
+    attack_path, close_of, connect, expect_no_msg, group_message_of_len, next_text, Bounds, Scene,
 };
 use support::msg;
 use support::raw::{Frame, RawSocket};
@@ -516,8 +515,8 @@ async fn five_hundred_clients_that_stop_reading_are_dropped_4008() {
     let hub = &scene.hub;
     let dropped = r#"aether_messages_dropped_total{reason="slow_consumer"}"#;
     let closed_4008 = r#"aether_connections_closed_total{code="4008"}"#;
-    let dropped_before = metric(hub, dropped).await;
-    let closed_before = metric(hub, closed_4008).await;
+    let dropped_before = hub.metric(dropped).await;
+    let closed_before = hub.metric(closed_4008).await;
 
     // A small receive buffer, and Ethernet-sized segments: over loopback's
     // 64 KiB segments the hub's kernel gives each stalled socket a send
@@ -558,7 +557,7 @@ async fn five_hundred_clients_that_stop_reading_are_dropped_4008() {
             .expect("the busy sender is never slowed to a stop");
         sent += 1;
         if sent % 32 == 0 {
-            kicked = metric(hub, dropped).await - dropped_before;
+            kicked = hub.metric(dropped).await - dropped_before;
             if kicked > 0.0 && first_kick.is_none() {
                 first_kick = Some(Instant::now());
             }
@@ -622,7 +621,7 @@ async fn five_hundred_clients_that_stop_reading_are_dropped_4008() {
         after_rss_mib: 120,
     };
     let hub = scene.end("500 slow", bounds).await;
-    let closed = metric(&hub, closed_4008).await - closed_before;
+    let closed = hub.metric(closed_4008).await - closed_before;
     assert_eq!(
         closed, SLOW_CLIENTS as f64,
         "the hub counted 500 closes with 4008"

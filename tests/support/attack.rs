@@ -301,7 +301,7 @@ impl Watch {
         let deadline = Instant::now() + TIMEOUT;
         let (after, open) = loop {
             let after = Resources::of(self.pid);
-            let open = metric(hub, "aether_connections_open").await;
+            let open = hub.metric("aether_connections_open").await;
             let settled = open == healthy as f64 && after.fds <= base.fds + FD_SLACK;
             if settled || Instant::now() > deadline {
                 break (after, open);
@@ -358,17 +358,6 @@ impl Watch {
         let healthz = hub.get("/healthz").await;
         assert_eq!(healthz.status, 200, "the hub is still serving");
     }
-}
-
-/// One sample of the hub's `/metrics` (0 when absent).
-pub async fn metric(hub: &Running, sample: &str) -> f64 {
-    let text = hub.get("/metrics").await.body;
-    text.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
 }
 
 pub fn report(name: &str, healthy: &HealthyReport) {

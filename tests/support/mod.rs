@@ -120,13 +120,7 @@ impl TestHub {
 
     /// The value of one sample of /metrics (0 when absent).
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = self.get("/metrics").await.body;
-        text.lines()
-            .find_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                (name == sample).then(|| value.parse().ok())?
-            })
-            .unwrap_or(0.0)
+        metric_sample(&self.get("/metrics").await.body, sample)
     }
 }
 
@@ -395,4 +389,14 @@ pub fn msg(target: &str, extra: Value) -> Value {
         m.extend(extra);
     }
     m
+}
+
+/// One sample's value in a `/metrics` text (0 when absent).
+pub fn metric_sample(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
 }

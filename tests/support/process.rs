@@ -20,6 +20,11 @@ impl Running {
     pub async fn get(&self, path: &str) -> super::HttpResponse {
         super::http_request(self.addr, "GET", path, &[], "").await
     }
+
+    /// The value of one sample of /metrics (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        super::metric_sample(&self.get("/metrics").await.body, sample)
+    }
 }
 
 impl Drop for Running {

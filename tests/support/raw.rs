@@ -146,22 +146,8 @@ impl RawSocket {
 
     /// Sends a masked text frame.
     pub async fn send_text(&mut self, text: &str) {
-        let mask = [1u8, 2, 3, 4];
-        let payload = text.as_bytes();
-        let mut frame = vec![0x81];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n < 65536 => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut frame = Vec::with_capacity(text.len() + 14);
+        push_frame(&mut frame, true, 0x1, text.as_bytes());
         self.stream.write_all(&frame).await.expect("write");
     }
 }
