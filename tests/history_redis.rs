@@ -541,6 +541,83 @@ async fn what_was_published_during_a_blip_arrives_without_newer_traffic() {
     assert!(a.metric("aether_messages_repaired_total").await >= 1.0);
 }
 
+/// Calls of `EVALSHA` Redis has served (INFO commandstats).
+async fn evalsha_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A socket whose routes have carried nothing to it yet (a group with
+/// older history, its own direct route that never had any): kept
+/// messages published while its instance's pub/sub connection is down
+/// still reach it, from where each route stood when the socket joined.
+#[tokio::test]
+async fn routes_with_nothing_delivered_yet_catch_up_after_a_blip() {
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    let group = |n: u64| {
+        json!({"msg_type": "cmd", "target": "group", "group_id": "line",
+                                "from_id": "svc", "cmd": format!("g{n}")})
+    };
+    let direct = |n: u64| {
+        json!({"msg_type": "cmd", "target": "direct", "to_id": "w1",
+                                 "from_id": "svc", "cmd": format!("d{n}")})
+    };
+    let publish = |body: serde_json::Value| {
+        let b = &b;
+        async move { b.post("/v3/publish", &[], &body.to_string()).await.json() }
+    };
+    // Kept before w1 joins: not owed to it.
+    for n in 1..=2 {
+        assert_eq!(publish(group(n)).await["offset"], n);
+    }
+    let mut conn = redis.client().await;
+    let before = evalsha_calls(&mut conn).await;
+    // On A: client:w1, group:line, broadcast = 3 channels; B holds none.
+    let mut w1 = a.connect("line", "w1").await;
+    // A reads where each of the three routes stands once subscribed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while evalsha_calls(&mut conn).await < before + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never read the routes' positions"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert_eq!(kill_pubsub_with(&mut conn, 3).await, 1, "A's pub/sub only");
+    for n in 3..=5 {
+        assert_eq!(publish(group(n)).await["offset"], n);
+    }
+    for n in 1..=2 {
+        assert_eq!(publish(direct(n)).await["offset"], n);
+    }
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let m = next_message(&mut w1).await;
+        got.push((m["cmd"].as_str().unwrap_or("").to_owned(), offset(&m)));
+    }
+    let of = |prefix: &str| -> Vec<(String, u64)> {
+        got.iter()
+            .filter(|(c, _)| c.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    let want = |prefix: &str, range: std::ops::RangeInclusive<u64>| -> Vec<(String, u64)> {
+        range.map(|n| (format!("{prefix}{n}"), n)).collect()
+    };
+    assert_eq!(of("g"), want("g", 3..=5), "the group's, in order");
+    assert_eq!(of("d"), want("d", 1..=2), "the direct route's, in order");
+    w1.expect_silence(QUIET).await;
+}
+
 /// `SCRIPT FLUSH` (or a Redis that forgot its scripts): the hub loads them
 /// again and numbering, recovery and receipts go on.
 #[tokio::test]

@@ -5,22 +5,33 @@
 //! in order").
 //!
 //! Per route that the supervisor subscribed, the reader remembers the last
-//! numbered message it dispatched (epoch and offset). That memory outlives
+//! numbered message it dispatched (epoch and offset) or, before the first,
+//! where the route's numbering stood once its channel was subscribed (its
+//! floor, read from Redis then: what was kept before the subscription is
+//! not owed to its sockets, everything after is). That memory outlives
 //! one pub/sub connection: the supervisor hands the [`Reader`] from one
 //! connection to the next, and tells it which routes it subscribed and
 //! unsubscribed ([`Event`]), in order.
 //!
 //! - A numbered message at or below the last offset of its epoch was
 //!   dispatched already: dropped.
-//! - One past the last is dispatched.
+//! - One past the last (or the floor) is dispatched.
 //! - Further on, a gap: the route's messages are held while the missing
 //!   range is read from the route's history stream (on the command
-//!   connection), dispatched in order, then the held ones.
+//!   connection), dispatched in order, then the held ones (which may
+//!   reveal the next gap).
 //! - After a reconnect, every route the reader knew is held until its
 //!   channel is subscribed again, then read from history after its last
-//!   offset ("catch-up") before its newer live messages.
+//!   offset or its floor ("catch-up") before its newer live messages.
 //! - A new epoch (Redis lost the route's keys) starts the route over: what
-//!   the new numbering has kept so far first, then live messages.
+//!   is held of the old numbering first, then what the new numbering has
+//!   kept so far, then live messages.
+//!
+//! One window stays open: a route whose floor is not read yet (the first
+//! round trip after its channel is subscribed) has nothing to catch up
+//! from if the connection drops then; it starts over like a new route.
+//! Likewise a message published between the subscription and the floor
+//! read, if the connection drops in the instant it is still on its way.
 //! - Messages without a position (presence events, a service's raw
 //!   `PUBLISH`) are dispatched byte for byte as they come, unless their
 //!   route is being repaired: then they wait their turn with the rest.
@@ -44,26 +55,23 @@ use std::time::Duration;
 use futures_util::stream::FuturesUnordered;
 use futures_util::Stream;
 use futures_util::StreamExt;
-use redis::RedisResult;
 use tokio::sync::mpsc;
 
 use crate::broker::BoxFuture;
 use crate::channels::{Names, Route};
-use crate::history::redis::{self as history, Batch, Keys, Range, BATCH};
 use crate::history::{position_of, Epoch, Retention};
 use crate::metrics;
 use crate::protocol::{self, Encoded};
 use crate::redis_link::Commands;
 use crate::router::Router;
+use repair::{End, Fetched, Repair};
+
+mod repair;
 
 /// History reads in flight at once.
 pub const FETCHES_IN_FLIGHT: usize = 32;
 /// Messages a route holds while it is repaired, at most.
 pub const HELD_MAX: usize = 10_000;
-/// Failed reads of one repair before it is given up.
-const RETRIES: u32 = 5;
-/// Wait before reading again after a failed read.
-const RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// What the supervisor did on the pub/sub connection, in order.
 #[derive(Debug)]
@@ -96,39 +104,36 @@ type Fetches = FuturesUnordered<BoxFuture<'static, Fetched>>;
 
 /// What the reader knows of one subscribed route.
 enum Track {
-    /// Nothing numbered dispatched yet.
-    Fresh,
+    /// Nothing numbered dispatched yet since the channel was subscribed.
+    Fresh(Floor),
     /// The last numbered message dispatched.
     Live { epoch: Epoch, last: u64 },
     /// Holding the route's messages until history has filled a gap.
     Repairing(Box<Repair>),
 }
 
-struct Repair {
-    epoch: Epoch,
-    /// The last offset dispatched.
-    last: u64,
-    /// The next read starts after this offset (past `last` when history
-    /// skipped entries older than the TTL).
-    cursor: u64,
-    /// Read up to this offset (the gap's end); 0: up to the route's last.
-    upto: u64,
-    held: Vec<Encoded>,
-    /// Tells this repair's reads from those of an earlier one.
-    generation: u64,
-    /// Whether the route's channel is subscribed on this connection;
-    /// reads start only then, so nothing published meanwhile is missed.
-    subscribed: bool,
-    failures: u32,
-    /// Messages dispatched from history so far.
-    repaired: u64,
+/// Where a route's numbering stood once its channel was subscribed.
+enum Floor {
+    /// Being read (a read of the position only, queued or in flight).
+    Reading { generation: u64, failures: u32 },
+    /// The read failed for good: the first message starts the route.
+    Unknown,
+    /// The route had no numbering: all of its next epoch is owed.
+    Unnumbered,
+    /// Its epoch and last offset: the offsets after it are owed.
+    At(Epoch, u64),
 }
 
-/// A finished history read.
-struct Fetched {
-    route: Route,
-    generation: u64,
-    result: RedisResult<Batch>,
+/// What to do with one numbered message of a route that is not repairing.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Dispatch,
+    /// Dispatched already.
+    Drop,
+    /// A gap: repair the route from this offset of the message's epoch.
+    Repair {
+        after: u64,
+    },
 }
 
 impl Reader {
@@ -189,43 +194,48 @@ impl Reader {
     /// A new connection: every route known from the last one waits for
     /// its channel to be subscribed again, then catches up from history.
     fn reconnected(&mut self) {
-        self.routes.retain(|_, t| !matches!(t, Track::Fresh));
         let known: Vec<Route> = self.routes.keys().cloned().collect();
         self.lose(&known);
     }
 
     /// These routes' subscriptions are gone (their connection was lost):
     /// each waits for its channel to be subscribed again, then catches up
-    /// from history after its last offset.
+    /// from history after its last offset or its floor. A route whose
+    /// floor is not known has nothing to catch up from: it is forgotten,
+    /// and starts over as new once subscribed again.
     fn lose(&mut self, routes: &[Route]) {
         for route in routes {
-            let generation = self.next_generation();
             let Some(track) = self.routes.get_mut(route) else {
                 continue;
             };
-            let mut repair = match std::mem::replace(track, Track::Fresh) {
-                Track::Live { epoch, last } => Box::new(Repair {
-                    epoch,
-                    last,
-                    cursor: last,
-                    upto: 0,
-                    held: Vec::new(),
-                    generation,
-                    subscribed: false,
-                    failures: 0,
-                    repaired: 0,
-                }),
-                Track::Repairing(repair) => repair,
-                // Nothing dispatched yet: nothing to catch up on.
-                Track::Fresh => continue,
+            let mut repair = match std::mem::replace(track, Track::Fresh(Floor::Unknown)) {
+                Track::Live { epoch, last } => Repair::from(Some(epoch), last),
+                Track::Fresh(Floor::At(epoch, last)) => Repair::from(Some(epoch), last),
+                Track::Fresh(Floor::Unnumbered) => Repair::from(None, 0),
+                Track::Repairing(mut repair) => {
+                    // After an outage a floor is only a place to catch up
+                    // from, like a live route's last offset; held messages
+                    // up to it are owed, not duplicates.
+                    if let Some(Track::Fresh(Floor::At(epoch, floor))) = &repair.prior {
+                        let first = repair.first_held_of(epoch);
+                        let last = first.map_or(*floor, |first| (*floor).min(first - 1));
+                        let epoch = epoch.clone();
+                        repair.prior = Some(Track::Live { epoch, last });
+                    }
+                    repair
+                }
+                Track::Fresh(Floor::Reading { .. } | Floor::Unknown) => {
+                    self.routes.remove(route);
+                    continue;
+                }
             };
             // Whatever range it was reading, it now reads to the end.
             repair.cursor = repair.last;
             repair.upto = 0;
-            repair.generation = generation;
+            repair.generation = self.next_generation();
             repair.subscribed = false;
             repair.failures = 0;
-            *track = Track::Repairing(repair);
+            self.routes.insert(route.clone(), Track::Repairing(repair));
         }
     }
 
@@ -243,7 +253,13 @@ impl Reader {
                         }
                         Some(_) => {}
                         None => {
-                            self.routes.insert(route, Track::Fresh);
+                            let generation = self.next_generation();
+                            let floor = Floor::Reading {
+                                generation,
+                                failures: 0,
+                            };
+                            self.routes.insert(route.clone(), Track::Fresh(floor));
+                            self.pending.push_back((route, Duration::ZERO));
                         }
                     }
                 }
@@ -294,183 +310,38 @@ impl Reader {
             repair.held.push(msg);
             if repair.held.len() > HELD_MAX {
                 tracing::warn!(?route, "history repair too slow; delivering what is held");
-                self.finish(route, false);
+                self.finish(route, End::GaveUp);
             }
             return;
         }
-        let Some((offset, epoch)) = position_of(msg.as_str()) else {
+        let Some((offset, epoch)) = position_of(msg.as_str())
+            .and_then(|(offset, epoch)| Epoch::parse(epoch).map(|epoch| (offset, epoch)))
+        else {
             self.dispatch(route, &msg, None);
             return;
         };
-        // Where the route resumes from if this message leaves a gap.
-        let gap_from = match track {
-            Track::Live { epoch: seen, last } if seen.as_str() == epoch => {
-                if offset <= *last {
-                    tracing::debug!(?route, offset, "dropped a message dispatched already");
-                    return;
-                }
-                if offset == *last + 1 || !may_repair {
-                    *last = offset;
-                    self.dispatch(route, &msg, None);
-                    return;
-                }
-                Some((seen.clone(), *last))
-            }
-            // A new numbering began: what it kept before this one first.
-            Track::Live { .. } if offset > 1 && may_repair => Epoch::parse(epoch).map(|e| (e, 0)),
-            _ => None,
-        };
-        match gap_from {
-            Some((epoch, last)) => self.start_repair(route, epoch, last, offset - 1, msg),
-            None => {
-                if let Some(epoch) = Epoch::parse(epoch) {
-                    *track = Track::Live {
-                        epoch,
-                        last: offset,
-                    };
-                }
+        match next(track, &epoch, offset, may_repair) {
+            Next::Dispatch => {
+                *track = Track::Live {
+                    epoch,
+                    last: offset,
+                };
                 self.dispatch(route, &msg, None);
             }
-        }
-    }
-
-    fn start_repair(&mut self, route: &Route, epoch: Epoch, last: u64, upto: u64, msg: Encoded) {
-        let generation = self.next_generation();
-        let repair = Repair {
-            epoch,
-            last,
-            cursor: last,
-            upto,
-            held: vec![msg],
-            generation,
-            subscribed: true,
-            failures: 0,
-            repaired: 0,
-        };
-        self.routes
-            .insert(route.clone(), Track::Repairing(Box::new(repair)));
-        self.pending.push_back((route.clone(), Duration::ZERO));
-    }
-
-    /// Starts waiting reads while there is room.
-    fn pump(&mut self, fetches: &mut Fetches, conn: &Commands) {
-        let Some(retention) = self.retention else {
-            return;
-        };
-        while fetches.len() < FETCHES_IN_FLIGHT {
-            let Some((read, delay)) = self.next_read() else {
-                return;
-            };
-            fetches.push(Box::pin(read.run(conn.clone(), retention, delay)));
-        }
-    }
-
-    /// The next waiting read, and how long to wait before it; skips the
-    /// routes no longer repairing or not subscribed yet. (Apart from
-    /// [`Reader::pump`] so that tests can answer reads without Redis.)
-    fn next_read(&mut self) -> Option<(Read, Duration)> {
-        while let Some((route, delay)) = self.pending.pop_front() {
-            let Some(Track::Repairing(repair)) = self.routes.get(&route) else {
-                continue;
-            };
-            if !repair.subscribed {
-                continue;
+            Next::Drop => {
+                tracing::debug!(?route, offset, "dropped a message dispatched already");
             }
-            let read = Read {
-                keys: Keys {
-                    position: self.names.position_key(&route),
-                    history: self.names.history_key(&route),
-                },
-                epoch: repair.epoch.clone(),
-                after: repair.cursor,
-                upto: repair.upto,
-                generation: repair.generation,
-                route,
-            };
-            return Some((read, delay));
-        }
-        None
-    }
-
-    fn apply(&mut self, done: Fetched) {
-        let route = done.route;
-        let Some(Track::Repairing(repair)) = self.routes.get_mut(&route) else {
-            return;
-        };
-        if repair.generation != done.generation {
-            return;
-        }
-        let batch = match done.result {
-            Ok(batch) => batch,
-            Err(e) => {
-                repair.failures += 1;
-                if repair.failures > RETRIES {
-                    tracing::warn!(?route, "history unreadable ({e}); delivering what is held");
-                    self.finish(&route, false);
-                } else {
-                    self.pending.push_back((route, RETRY_AFTER));
-                }
-                return;
+            Next::Repair { after } => {
+                let prior = match track {
+                    Track::Live { epoch: seen, .. } | Track::Fresh(Floor::At(seen, _))
+                        if *seen != epoch =>
+                    {
+                        Some(std::mem::replace(track, Track::Fresh(Floor::Unknown)))
+                    }
+                    _ => None,
+                };
+                self.start_repair(route, (epoch, after, offset - 1), prior, msg)
             }
-        };
-        let Some(position) = batch.position else {
-            // The route's history is gone altogether: start it over.
-            self.finish(&route, true);
-            return;
-        };
-        if position.epoch != repair.epoch {
-            // A new numbering began: read it from its start.
-            repair.failures += 1;
-            if repair.failures > RETRIES {
-                self.finish(&route, true);
-                return;
-            }
-            repair.epoch = position.epoch;
-            (repair.last, repair.cursor, repair.upto) = (0, 0, 0);
-            // Reads of the old numbering still in flight are stale now.
-            self.generations += 1;
-            repair.generation = self.generations;
-            self.pending.push_back((route, Duration::ZERO));
-            return;
-        }
-        for kept in batch.kept {
-            let wanted = repair.upto == 0 || kept.offset <= repair.upto;
-            if kept.offset > repair.last && wanted {
-                repair.last = kept.offset;
-                repair.repaired += 1;
-                let sender = Some(&*kept.sender);
-                dispatch(&self.router, &route, &kept.text, sender);
-            }
-        }
-        repair.cursor = batch.scanned.max(repair.last);
-        if batch.more {
-            self.pending.push_back((route, Duration::ZERO));
-        } else {
-            self.finish(&route, false);
-        }
-    }
-
-    /// Ends a repair: the route goes live from its last offset (or from
-    /// nothing, with `reset`) and its held messages follow, gaps left as
-    /// they are (history does not have them).
-    fn finish(&mut self, route: &Route, reset: bool) {
-        let Some(track) = self.routes.get_mut(route) else {
-            return;
-        };
-        let Track::Repairing(repair) = std::mem::replace(track, Track::Fresh) else {
-            return;
-        };
-        if repair.repaired > 0 {
-            metrics::gap_repaired(repair.repaired);
-        }
-        if !reset {
-            *track = Track::Live {
-                epoch: repair.epoch,
-                last: repair.last,
-            };
-        }
-        for msg in repair.held {
-            self.deliver(route, msg, false);
         }
     }
 
@@ -494,33 +365,45 @@ fn dispatch(router: &Router, route: &Route, msg: &Encoded, sender: Option<&str>)
     router.dispatch(route, msg, sender);
 }
 
-/// One history read of a repair.
-struct Read {
-    route: Route,
-    keys: Keys,
-    epoch: Epoch,
-    after: u64,
-    upto: u64,
-    generation: u64,
+/// What to do with message `offset` of `epoch` on a route in `track`
+/// (not repairing); `may_repair`: whether a gap is worth a repair.
+fn next(track: &Track, epoch: &Epoch, offset: u64, may_repair: bool) -> Next {
+    // The offset the route is owed messages after, and whether the reader
+    // dispatched it itself (then anything up to it is a duplicate; up to a
+    // floor, it is a message published after the subscription that the
+    // floor read saw first).
+    let (after, dispatched) = match track {
+        Track::Live { epoch: e, last } if e == epoch => (*last, true),
+        Track::Fresh(Floor::At(e, floor)) if e == epoch => (*floor, false),
+        // Another numbering than the route's: a new one (Redis lost the
+        // route's keys), or a late message of an older one. Only Redis
+        // knows which: the repair asks it.
+        Track::Live { .. } | Track::Fresh(Floor::At(..)) if may_repair => {
+            return Next::Repair { after: 0 }
+        }
+        // A numbering that began since the floor: all of it is owed.
+        Track::Live { .. } | Track::Fresh(Floor::At(..) | Floor::Unnumbered) => (0, false),
+        // Nothing known to measure a gap from.
+        Track::Fresh(Floor::Reading { .. } | Floor::Unknown) | Track::Repairing(_) => {
+            return Next::Dispatch
+        }
+    };
+    if offset <= after && dispatched {
+        Next::Drop
+    } else if offset <= after + 1 || !may_repair {
+        Next::Dispatch
+    } else {
+        Next::Repair { after }
+    }
 }
 
-impl Read {
-    async fn run(self, mut conn: Commands, retention: Retention, delay: Duration) -> Fetched {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let range = Range {
-            after: self.after,
-            upto: self.upto,
-            count: BATCH,
-            want: Some(&self.epoch),
-            create: false,
-        };
-        let result = history::read(&mut conn, &self.keys, &range, retention).await;
-        Fetched {
-            route: self.route,
-            generation: self.generation,
-            result,
+impl Track {
+    /// The numbering the route is known to be in.
+    fn epoch(&self) -> Option<&Epoch> {
+        match self {
+            Track::Live { epoch, .. } | Track::Fresh(Floor::At(epoch, _)) => Some(epoch),
+            Track::Repairing(repair) => repair.epoch.as_ref(),
+            Track::Fresh(_) => None,
         }
     }
 }
