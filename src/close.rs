@@ -25,8 +25,16 @@ pub enum Disconnect {
     Frame(FrameError),
     #[error("outbound queue overflowed")]
     SlowConsumer,
+    /// A write to the socket (a batch, a ping) did not finish within the
+    /// idle timeout: the client stopped reading while its queue still had
+    /// room (a slow consumer all the same).
+    #[error("outbound writes stalled")]
+    Stalled,
     #[error("rate limit exceeded")]
     RateLimited,
+    /// Pings over the socket's ping limit (`AETHER_PING_LIMIT`).
+    #[error("too many pings")]
+    TooManyPings,
     #[error("idle timeout")]
     Idle,
     #[error("token expired")]
@@ -44,8 +52,8 @@ impl Disconnect {
             Disconnect::TooBig(_) => 1009,
             Disconnect::Frame(FrameError::Schema(_)) => 4000,
             Disconnect::Frame(FrameError::Policy(_)) => 4003,
-            Disconnect::SlowConsumer => 4008,
-            Disconnect::RateLimited => 4029,
+            Disconnect::SlowConsumer | Disconnect::Stalled => 4008,
+            Disconnect::RateLimited | Disconnect::TooManyPings => 4029,
             Disconnect::Idle => 4408,
             Disconnect::TokenExpired => 4001,
         }
@@ -95,7 +103,9 @@ mod tests {
             (Disconnect::Frame(FrameError::Schema("x".into())), 4000),
             (Disconnect::Frame(FrameError::Policy("x".into())), 4003),
             (Disconnect::SlowConsumer, 4008),
+            (Disconnect::Stalled, 4008),
             (Disconnect::RateLimited, 4029),
+            (Disconnect::TooManyPings, 4029),
             (Disconnect::Idle, 4408),
             (Disconnect::TokenExpired, 4001),
         ];

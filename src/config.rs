@@ -129,6 +129,12 @@ pub struct Config {
     #[arg(long, env = "AETHER_RATE_LIMIT", default_value_t = 0)]
     pub rate_limit: u32,
 
+    /// Pings per second a client may send on one socket, with a burst of
+    /// as many (more: close 4029); 0 = no limit. Apart from the rate limit,
+    /// which counts messages: every ping costs the hub a pong.
+    #[arg(long, env = "AETHER_PING_LIMIT", default_value_t = 100)]
+    pub ping_limit: u32,
+
     /// Seconds without any frame (not even a pong) before close 4408.
     #[arg(long, env = "AETHER_IDLE_TIMEOUT_SECS", default_value = "120", value_parser = seconds)]
     pub idle_timeout: Duration,
@@ -177,6 +183,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub outbound_queue: usize,
     pub rate_limit: u32,
+    /// The client's pings per second (0: no limit).
+    pub ping_limit: u32,
     pub idle_timeout: Duration,
     pub ping_interval: Duration,
     pub allow_client_broadcast: bool,
@@ -288,6 +296,7 @@ impl Config {
             max_message_bytes: self.max_message_bytes as usize,
             outbound_queue: self.outbound_queue as usize,
             rate_limit: self.rate_limit,
+            ping_limit: self.ping_limit,
             idle_timeout: self.idle_timeout,
             ping_interval: self.ping_interval,
             allow_client_broadcast: self.allow_client_broadcast,
@@ -351,6 +360,8 @@ mod tests {
         assert_eq!(c.max_message_bytes, 65536);
         assert_eq!(c.idle_timeout, Duration::from_secs(120));
         assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.rate_limit, 0);
+        assert_eq!(c.ping_limit, 100);
         assert_eq!(c.presence_ttl, Duration::from_secs(90));
         assert!(c.allow_client_broadcast);
         assert!(c.api_keys.is_empty());
@@ -397,6 +408,7 @@ mod tests {
             (&["--max-message-bytes", "10"][..], "not in 64"),
             (&["--outbound-queue", "0"][..], "not in 1"),
             (&["--rate-limit=-1"][..], "invalid"),
+            (&["--ping-limit", "many"][..], "invalid"),
             (&["--instance-id", "a b"][..], "AETHER_INSTANCE_ID"),
             (&["--redis-url", "localhost"][..], "AETHER_REDIS_URL"),
             (

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warp::Filter;
@@ -131,14 +131,34 @@ where
     }
 }
 
-/// Binds `addr`, with an error that names it.
+/// Binds `addr`, with an error that names it. Like tokio's
+/// `TcpListener::bind` (address reuse, so a restart need not wait for the
+/// old connections' TIME_WAIT), with a longer accept queue.
 pub async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    let bind = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(ACCEPT_BACKLOG)
+    };
+    bind().map_err(|source| StartError::Bind { addr, source })
 }
 
-/// How long a client may take to send its request headers.
+/// Connections the kernel holds for the hub to accept. tokio's 1,024 is
+/// outrun by a burst of connects (a reconnect storm after a restart, or
+/// an attack): the kernel then drops handshakes, and the clients retry
+/// seconds later, so their connections come late and, when they never
+/// send a byte, outlive the header deadline by as much. The kernel caps
+/// it at `net.core.somaxconn` (4,096 by default since Linux 5.4).
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// How long a client may take to send its request headers, from the
+/// connection's first read: one that sends nothing, or its headers a byte
+/// at a time (slow loris), is hung up then whatever it sent meanwhile.
+/// Idle keep-alive connections between requests get the same.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// In memory without Redis; otherwise the Redis broker and presence, on

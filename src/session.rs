@@ -1,13 +1,18 @@
 //! One socket's life after the upgrade: the read loop, the write loop,
-//! pings, the idle timeout, the rate limit and the close handshake.
+//! pings, the idle timeout, the rate and ping limits and the close
+//! handshake.
 //!
 //! One task per socket. It waits on whichever comes first: a frame from the
 //! client, messages in its outbound queue, its tick (pings, the idle check,
 //! and the token's expiry: one timer, set to the earliest), an overflow of
 //! its queue, or the hub's shutdown. Writes drain everything queued into one
-//! batch (`wire.rs`), so a burst costs few syscalls. Every ending is a
-//! [`Disconnect`], turned into a close code in `close.rs`.
+//! batch (`wire.rs`), so a burst costs few syscalls; a write the client
+//! does not take within the idle timeout ends the socket (the tick cannot
+//! run while a write waits). Every ending is a [`Disconnect`], turned into
+//! a close code in `close.rs`.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -82,6 +87,10 @@ pub struct Session<S> {
     member: Membership,
     rights: Rights,
     rate: RateLimit,
+    /// The client's pings: each costs a pong, so a flood is cut (4029).
+    /// Made at the first ping: most clients (browsers) never send one, and
+    /// an idle socket should not carry it.
+    pings: Option<Box<RateLimit>>,
     opened: Instant,
     last_seen: Instant,
     last_ping: Instant,
@@ -112,6 +121,7 @@ where
             rx,
             rights,
             rate: RateLimit::new(member.hub().limits().rate_limit, now),
+            pings: None,
             opened: now,
             last_seen: now,
             last_ping: now,
@@ -126,7 +136,7 @@ where
     /// Not an `async fn`: those keep their arguments twice in the future
     /// (rust-lang/rust#62958), and this future lives as long as the socket.
     #[allow(clippy::manual_async_fn)]
-    pub fn run(mut self) -> impl std::future::Future<Output = ()> {
+    pub fn run(mut self) -> impl Future<Output = ()> {
         async move {
             let end = self.serve().await;
             // Boxed: closing happens once, so an idle socket should not
@@ -206,9 +216,11 @@ where
                 )
             }
             WsMessage::Close(frame) => Err(Disconnect::ByClient(frame.map(|f| f.code.into()))),
-            // Pings are answered by the WebSocket library; any frame counts
-            // as a sign of life.
-            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(()),
+            // The WebSocket library has queued the pong already; the ping
+            // limit keeps a flood of them from costing the hub a pong each
+            // for ever. Any frame counts as a sign of life.
+            WsMessage::Ping(_) => self.check_pings(),
+            WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(()),
         }
     }
 
@@ -218,6 +230,18 @@ where
         }
         metrics::dropped(DropReason::RateLimited, 1);
         Err(Disconnect::RateLimited)
+    }
+
+    /// Not a message, so not counted as a dropped one.
+    fn check_pings(&mut self) -> Result<(), Disconnect> {
+        let (limit, now) = (self.limits().ping_limit, self.last_seen);
+        let pings = self
+            .pings
+            .get_or_insert_with(|| Box::new(RateLimit::new(limit, now)));
+        match pings.allow(now) {
+            true => Ok(()),
+            false => Err(Disconnect::TooManyPings),
+        }
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Disconnect> {
@@ -320,29 +344,47 @@ where
     }
 
     /// Writes the unsent batch. A client that stops reading blocks the
-    /// write; its queue then overflows, or the hub shuts down, and either
-    /// ends the wait (the batch stays, for `close`).
+    /// write; its queue then overflows, the hub shuts down, or the idle
+    /// timeout passes, and each ends the wait (the batch stays, for
+    /// `close`). Without the last, a client that stopped reading after its
+    /// group went quiet would hold its socket for ever: nothing overflows,
+    /// and the idle check waits behind the write.
     async fn drain_unsent(&mut self) -> Result<(), Disconnect> {
-        let Session {
-            ws, member, unsent, ..
-        } = self;
-        let drain = async {
-            // A pong tungstenite has part-written must end before our frames.
-            ws.flush().await.map_err(|_| Disconnect::Lost)?;
-            write_unsent(ws, unsent).await.map_err(|_| Disconnect::Lost)
+        // Nearly every write is taken at once: no waiter, no timer for it.
+        let first = {
+            let mut drain = std::pin::pin!(drain(&mut self.ws, &mut self.unsent));
+            std::future::poll_fn(|cx| Poll::Ready(drain.as_mut().poll(cx))).await
         };
-        tokio::select! {
-            written = drain => written,
-            why = member.outbox().kicked() => Err(kicked(why)),
+        match first {
+            Poll::Ready(written) => written,
+            // Boxed: an idle socket should not carry the state of a write
+            // that waits. It resumes where the first attempt stopped.
+            Poll::Pending => Box::pin(self.drain_or_give_up()).await,
         }
     }
 
-    /// Sends a control frame through tungstenite (no batch is unsent here).
+    async fn drain_or_give_up(&mut self) -> Result<(), Disconnect> {
+        let stall = self.limits().idle_timeout;
+        let Session {
+            ws, member, unsent, ..
+        } = self;
+        tokio::select! {
+            written = drain(ws, unsent) => written,
+            why = member.outbox().kicked() => Err(kicked(why)),
+            () = tokio::time::sleep(stall) => Err(Disconnect::Stalled),
+        }
+    }
+
+    /// Sends a control frame through tungstenite (no batch is unsent here),
+    /// bounded like [`Session::drain_unsent`]. Only ever called from the
+    /// tick, whose state is boxed.
     async fn send_control(&mut self, frame: WsMessage) -> Result<(), Disconnect> {
+        let stall = self.limits().idle_timeout;
         let Session { ws, member, .. } = self;
         tokio::select! {
             sent = ws.send(frame) => sent.map_err(|_| Disconnect::Lost),
             why = member.outbox().kicked() => Err(kicked(why)),
+            () = tokio::time::sleep(stall) => Err(Disconnect::Stalled),
         }
     }
 
@@ -380,6 +422,18 @@ where
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
     }
+}
+
+/// Ends what tungstenite has part-written (a pong), then writes the
+/// unsent batch. Cancel-safe, as both are: dropped midway, it resumes
+/// where it stopped.
+async fn drain<S>(ws: &mut WebSocketStream<S>, unsent: &mut Option<Batch>) -> Result<(), Disconnect>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // A pong tungstenite has part-written must end before our frames.
+    ws.flush().await.map_err(|_| Disconnect::Lost)?;
+    write_unsent(ws, unsent).await.map_err(|_| Disconnect::Lost)
 }
 
 /// Writes the unsent batch, if any, straight to the socket.
