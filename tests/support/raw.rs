@@ -1,6 +1,6 @@
 //! A raw WebSocket client over a plain TCP socket: it answers nothing on
-//! its own, so it can play a client that never reads (slow consumer) or
-//! never answers pings (idle timeout). Loopback only.
+//! its own, so it can play a client that never reads (slow consumer, even
+//! of the `101`) or never answers pings (idle timeout). Loopback only.
 
 use std::net::SocketAddr;
 
@@ -42,6 +42,21 @@ impl RawSocket {
         recv_buffer: Option<u32>,
         mss: Option<u32>,
     ) -> RawSocket {
+        let mut raw = Self::request_upgrade(addr, path, recv_buffer, mss).await;
+        let head = raw.read_upgrade().await;
+        assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
+        raw
+    }
+
+    /// Sends the upgrade request for `path` and returns without reading a
+    /// byte, not even the `101` (see [`RawSocket::connect_tuned`] for the
+    /// buffer and segment sizes).
+    pub async fn request_upgrade(
+        addr: SocketAddr,
+        path: &str,
+        recv_buffer: Option<u32>,
+        mss: Option<u32>,
+    ) -> RawSocket {
         let socket = TcpSocket::new_v4().expect("socket");
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
@@ -56,21 +71,17 @@ impl RawSocket {
             );
         }
         let mut stream = socket.connect(addr).await.expect("connect");
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
+        let request = upgrade_request(addr, path);
         stream.write_all(request.as_bytes()).await.expect("write");
-        let mut raw = RawSocket {
+        RawSocket {
             stream,
             buf: Vec::new(),
-        };
-        let head = raw.read_head().await;
-        assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
-        raw
+        }
     }
 
-    async fn read_head(&mut self) -> String {
+    /// Reads the hub's answer to the upgrade request: its status line and
+    /// headers.
+    pub async fn read_upgrade(&mut self) -> String {
         loop {
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
@@ -150,6 +161,14 @@ impl RawSocket {
         push_frame(&mut frame, true, 0x1, text.as_bytes());
         self.stream.write_all(&frame).await.expect("write");
     }
+}
+
+/// A WebSocket upgrade request for `path`, as a client writes it.
+pub fn upgrade_request(addr: SocketAddr, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
 }
 
 /// The first complete frame in `buf`: its opcode, where its payload
