@@ -159,7 +159,7 @@ const ACCEPT_BACKLOG: u32 = 4096;
 /// connection's first read: one that sends nothing, or its headers a byte
 /// at a time (slow loris), is hung up then whatever it sent meanwhile.
 /// Idle keep-alive connections between requests get the same.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// In memory without Redis; otherwise the Redis broker and presence, on
 /// one server or on a cluster (the link tells them apart).

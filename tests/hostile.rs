@@ -884,3 +884,75 @@ async fn silent_connections_are_hung_up_at_the_deadline() {
     };
     scene.end("silent", bounds).await;
 }
+
+const SLOW_BODIES: usize = 200;
+
+/// A `POST /v3/publish` whose headers arrive whole and whose body then
+/// trickles a byte a second: what the hub answered, and how long after the
+/// connect it hung up (`None`: still open at `give_up`).
+async fn slow_body(addr: std::net::SocketAddr, give_up: Duration) -> (String, Option<Duration>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /v3/publish HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: 200\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("headers");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    return (String::from_utf8_lossy(&answer).into(), Some(started.elapsed()))
+                }
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            _ = second.tick() => {
+                if started.elapsed() > give_up {
+                    return (String::from_utf8_lossy(&answer).into(), None);
+                }
+                // A write after the hub hung up fails; the read says so.
+                let _ = stream.write_all(b"{").await;
+            }
+        }
+    }
+}
+
+/// 200 `POST /v3/publish` requests whose bodies trickle in a byte a
+/// second (a slow loris past the headers, which hyper's header deadline
+/// does not cover). Each gets 408 with a JSON error at the same deadline
+/// as headers (10 s after them) and its connection closed, and the hub is
+/// back to its descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_publish_bodies_get_408_at_the_deadline() {
+    raise_open_files(SLOW_BODIES as u64 + 256);
+    let scene = Scene::start(&[]).await;
+    let addr = scene.hub.addr;
+    let give_up = HEADER_DEADLINE + HANG_UP_SLACK;
+    let slow: Vec<_> = (0..SLOW_BODIES)
+        .map(|_| tokio::spawn(slow_body(addr, give_up)))
+        .collect();
+    let mut held = Vec::with_capacity(SLOW_BODIES);
+    for body in slow {
+        let (answer, after) = body.await.expect("a slow body failed");
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "answered {answer:?} to a slow body"
+        );
+        assert!(
+            answer.contains(r#"{"error":"body not received within 10 s"}"#),
+            "{answer:?}"
+        );
+        held.push(after);
+    }
+    assert_hung_up_at_the_deadline("slow body", held);
+    let bounds = Bounds {
+        attackers: SLOW_BODIES as u64,
+        peak_rss_mib: 48,
+        after_rss_mib: 32,
+    };
+    scene.end("slow body", bounds).await;
+}

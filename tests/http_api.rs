@@ -269,3 +269,21 @@ async fn unfinished_request_headers_are_cut_off() {
         "the stalled request was served: {text}"
     );
 }
+
+/// With keys configured, a publish without one is refused (401) as soon as
+/// its headers are in: the hub does not wait for a body it would refuse.
+#[tokio::test]
+async fn a_publish_without_a_key_is_refused_before_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = keyed_hub().await;
+    let mut stream = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let head = "POST /v3/publish HTTP/1.1\r\nHost: hub\r\nContent-Length: 200\r\n\r\n{";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 512];
+    let n = tokio::time::timeout(support::TIMEOUT, stream.read(&mut answer))
+        .await
+        .expect("answered before the body is done")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}

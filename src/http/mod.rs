@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use bytes::Buf;
+use futures_util::{Stream, TryStreamExt};
 use http::header::{self, HeaderMap};
 use http::StatusCode;
 use hyper::upgrade::OnUpgrade;
@@ -114,7 +116,7 @@ impl Api {
             .and(warp::header::headers_cloned())
             .and(query)
             .and(warp::body::content_length_limit(max))
-            .and(warp::body::bytes())
+            .and(warp::body::stream())
             .and(api)
             .then(|headers, query, body, api: Arc<Api>| async move {
                 api.publish(headers, query, body)
@@ -184,9 +186,12 @@ impl Api {
         &self,
         headers: HeaderMap,
         query: Query,
-        body: bytes::Bytes,
+        body: impl Stream<Item = Result<impl Buf, warp::Error>>,
     ) -> Result<Response, Refusal> {
+        // Credentials first: nobody else gets to hold a connection while
+        // a body trickles in.
         let access = self.access(&headers, &query)?;
+        let body = read_body(body).await?;
         let text = std::str::from_utf8(&body)
             .map_err(|_| Refusal::bad_request("body is not valid UTF-8"))?;
         let msg = protocol::parse(text, Origin::Service)
@@ -214,6 +219,33 @@ impl Api {
             warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED)
                 .into_response(),
         )
+    }
+}
+
+/// A request body, given as long after the headers as they were given
+/// (`server::HEADER_READ_TIMEOUT`): a body sent a byte at a time (slow
+/// loris) gets 408 and the connection is closed. Its length was checked
+/// against the limit already (`Content-Length`).
+async fn read_body(
+    body: impl Stream<Item = Result<impl Buf, warp::Error>>,
+) -> Result<Vec<u8>, Refusal> {
+    let deadline = crate::server::HEADER_READ_TIMEOUT;
+    let read = body.try_fold(Vec::new(), |mut all, mut chunk| async move {
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            all.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+        Ok(all)
+    });
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) => Err(Refusal::bad_request(format!("body: {e}"))),
+        Err(_) => Err(Refusal::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("body not received within {} s", deadline.as_secs()),
+        )),
     }
 }
 

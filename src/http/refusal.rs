@@ -36,11 +36,20 @@ impl Refusal {
         warp::reply::with_status(self.reason, self.status).into_response()
     }
 
-    /// A JSON error body, for the HTTP API.
+    /// A JSON error body, for the HTTP API. After a 408 the connection
+    /// is closed: what is left of the request is not worth waiting for.
     pub fn json(self) -> Response {
         self.log();
         let body = serde_json::json!({ "error": self.reason });
-        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            let close = http::HeaderValue::from_static("close");
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, close);
+        }
+        response
     }
 
     fn counted_as(&self) -> Refused {
