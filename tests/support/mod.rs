@@ -8,6 +8,7 @@
 pub mod attack;
 pub mod cluster;
 pub mod history;
+pub mod netns;
 pub mod process;
 pub mod prometheus;
 pub mod raw;
