@@ -120,6 +120,12 @@ impl Names {
         format!("{}{INSTANCE}{instance}:members", self.prefix)
     }
 
+    /// Set when others swept an instance's entries (and announced its
+    /// clients' leaves): if it comes back, it announces them again.
+    pub fn instance_swept_key(&self, instance: &str) -> String {
+        format!("{}{INSTANCE}{instance}:swept", self.prefix)
+    }
+
     /// The SET of every instance that has recorded presence.
     pub fn instances_key(&self) -> String {
         format!("{}{INSTANCES}", self.prefix)

@@ -12,9 +12,8 @@
 //! - Clients cut off from a hub: pings and the idle timeout close the dead
 //!   sockets, and presence follows on the other hub.
 //! - A hub cut off from Redis for longer than the presence TTL is swept
-//!   out by the other hub; once back, its clients are present again. (That
-//!   the group is told they are back is a known hub bug: the test that
-//!   says so is `#[ignore]`d with the reason.)
+//!   out by the other hub (the group hears them leave); once back, its
+//!   clients are present again and the group hears them join.
 //!
 //! Needs root (namespaces, iptables); elsewhere each test prints
 //! `skipped: <why>` and passes. Durations are printed, never asserted:
@@ -420,9 +419,6 @@ async fn a_hub_cut_off_longer_than_the_presence_ttl_is_swept_and_comes_back() {
 /// the group must be told it joined, or its members keep believing `w1`
 /// is gone while the presence SET says otherwise.
 #[tokio::test]
-#[ignore = "hub bug: after a sweep by another instance, the rebuild (src/presence/redis.rs, \
-            Worker::rebuild) re-adds the instance's clients silently, so the group heard \
-            `leave` and never hears `join`"]
 async fn a_client_swept_during_a_long_partition_is_announced_again_after_the_heal() {
     let Some(lab) = lab("rejoin after a sweep") else {
         return;

@@ -339,9 +339,12 @@ impl Worker {
         let Ok(recorded) = self.store.register(&conn).await else {
             return;
         };
-        // Clients held here all along were never offline to their groups:
-        // re-adding them is silent. Clients that left while Redis was away
-        // could not be announced then, so their leave is announced now.
+        // Clients held here all along were never offline to their groups
+        // (Redis restarted empty, say): re-adding them is silent, unless
+        // others swept this instance meanwhile and announced them gone.
+        // Clients that left while Redis was away could not be announced
+        // then, so their leave is announced now.
+        let swept = self.store.take_swept_mark(&conn).await.unwrap_or(false);
         let missing: Vec<Entry> = self
             .local
             .keys()
@@ -355,22 +358,24 @@ impl Worker {
         if missing.is_empty() && stale.is_empty() {
             return;
         }
-        let (_, left) = tokio::join!(
+        let (joined, left) = tokio::join!(
             self.store.join(&conn, &missing),
             self.store.leave(&conn, &stale),
         );
         tracing::info!(
             entries = missing.len() + stale.len(),
+            swept,
             "presence rebuilt in Redis"
         );
-        let gone: Vec<Entry> = stale
-            .into_iter()
-            .zip(left)
-            .filter_map(|(e, left)| matches!(left, Ok(true)).then_some(e))
-            .collect();
-        self.store
-            .announce(&conn, &gone, PresenceEvent::Leave)
-            .await;
+        let back: Vec<Entry> = match swept {
+            true => came_or_went(missing, joined),
+            false => Vec::new(),
+        };
+        let gone = came_or_went(stale, left);
+        tokio::join!(
+            self.store.announce(&conn, &back, PresenceEvent::Join),
+            self.store.announce(&conn, &gone, PresenceEvent::Leave),
+        );
     }
 
     /// Clean shutdown: nothing of this instance stays behind.
@@ -385,4 +390,14 @@ impl Worker {
             .await;
         let _ = self.store.retire(&conn).await;
     }
+}
+
+/// The entries whose join or leave script answered that the client came
+/// online or went offline in its group.
+fn came_or_went(entries: Vec<Entry>, answers: Vec<redis::RedisResult<bool>>) -> Vec<Entry> {
+    entries
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(e, answer)| matches!(answer, Ok(true)).then_some(e))
+        .collect()
 }

@@ -17,7 +17,10 @@
 //!   SET (with the dead instance as the holder), then the SET goes. Each
 //!   step can be redone, so a sweep cut short is finished by the next one,
 //!   and two instances sweeping at once announce each leave once (only one
-//!   script removes the client from the public SET).
+//!   script removes the client from the public SET). A mark (`…:swept`,
+//!   kept a day) tells the instance, if it was only cut off and comes
+//!   back, that its clients' leaves were announced: it announces their
+//!   joins as it records them again.
 //!
 //! Independent commands are sent together on the multiplexed connection
 //! (it pipelines them), never as one multi-key pipeline, which a cluster
@@ -51,6 +54,10 @@ if redis.call('SCARD', KEYS[2]) == 0 then
 end
 return 0
 ";
+
+/// How long a swept instance's mark stays (it may come back from a long
+/// partition).
+const SWEPT_MARK_SECS: u64 = 24 * 3600;
 
 /// A client in a group, as this instance holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -278,12 +285,34 @@ impl Store {
             tracing::warn!(%instance, "presence sweep cut short: {e}");
             return Ok(gone);
         }
+        if !gone.is_empty() {
+            redis::cmd("SET")
+                .arg(self.names.instance_swept_key(instance))
+                .arg(1)
+                .arg("EX")
+                .arg(SWEPT_MARK_SECS)
+                .query_async::<()>(&mut conn.clone())
+                .await?;
+        }
         redis::cmd("SREM")
             .arg(self.names.instances_key())
             .arg(instance)
             .query_async::<()>(&mut conn.clone())
             .await?;
         Ok(gone)
+    }
+
+    /// Whether others swept this instance's entries since it last looked
+    /// (and announced its clients' leaves); clears the mark.
+    pub async fn take_swept_mark<C>(&self, conn: &C) -> RedisResult<bool>
+    where
+        C: ConnectionLike + Clone + Send,
+    {
+        let mark: Option<String> = redis::cmd("GETDEL")
+            .arg(self.names.instance_swept_key(&self.instance))
+            .query_async(&mut conn.clone())
+            .await?;
+        Ok(mark.is_some())
     }
 
     /// Forgets this instance's liveness record (clean shutdown).
