@@ -41,6 +41,8 @@ pub const REDIS_SHARD_UP: &str = "aether_redis_shard_up";
 pub const REDIS_SHARD_CHANNELS: &str = "aether_redis_shard_channels_subscribed";
 pub const REDIS_SHARD_RECONNECTS: &str = "aether_redis_shard_reconnects_total";
 pub const REDIS_SHARD_FAILURES: &str = "aether_redis_shard_failures_total";
+/// Tasks alive in the hub's tokio runtime, read when `/metrics` renders.
+pub const TOKIO_TASKS_ALIVE: &str = "aether_tokio_tasks_alive";
 
 /// Why an upgrade was refused (`reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,11 +275,23 @@ fn describe() {
         REDIS_SHARD_FAILURES,
         "Attempts to connect or subscribe on a cluster shard master that failed"
     );
+    describe_gauge!(
+        TOKIO_TASKS_ALIVE,
+        "Tasks alive in the hub's tokio runtime (one per socket's session, plus a few)"
+    );
     describe_histogram!(
         PUBSUB_LAG_SECONDS,
         Unit::Seconds,
         "Time from a message's sent_at to its arrival from Redis pub/sub"
     );
+}
+
+/// Sets the task gauge from the current runtime's count (a leak shows as
+/// tasks growing while sockets do not); called as `/metrics` renders.
+pub fn tokio_tasks() {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        gauge!(TOKIO_TASKS_ALIVE).set(runtime.metrics().num_alive_tasks() as f64);
+    }
 }
 
 pub fn connection_opened() {

@@ -154,6 +154,7 @@ impl Api {
     }
 
     fn metrics(&self) -> Response {
+        crate::metrics::tokio_tasks();
         let body = self.prometheus.render();
         warp::reply::with_header(body, header::CONTENT_TYPE, "text/plain; version=0.0.4")
             .into_response()

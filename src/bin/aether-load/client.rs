@@ -119,6 +119,10 @@ pub struct Upgrade {
     from: IpAddr,
     url: String,
     token: Option<String>,
+    /// SO_RCVBUF for the TCP socket, set before connecting (which turns
+    /// the kernel's autotuning off): a reader that stops reading then
+    /// holds little in flight, as a slow client behind a thin link would.
+    recv_buffer: Option<u32>,
 }
 
 impl Hubs {
@@ -138,6 +142,13 @@ impl Hubs {
         self.tokens.kind()
     }
 
+    /// The address of hub `i` (round-robin, as sockets are spread) if it
+    /// is a plain `ws://` one, whose HTTP routes are plain too.
+    pub fn plain_addr(&self, i: usize) -> Option<SocketAddr> {
+        let target = self.urls.get(i % self.urls.len().max(1))?;
+        target.tls.is_none().then_some(target.addr)
+    }
+
     /// Whether any target is `wss://` (for reports).
     pub fn tls(&self) -> bool {
         self.urls.iter().any(|t| t.tls.is_some())
@@ -153,6 +164,7 @@ impl Hubs {
             from: source(i, self.sources),
             url: format!("{base}/v3/ws/group/{group}/client/{client}"),
             token: self.tokens.sign(client, group)?,
+            recv_buffer: None,
         })
     }
 
@@ -162,7 +174,7 @@ impl Hubs {
         let target = self.urls.get(upgrade.target).ok_or("no --url")?;
         let handshake = async {
             let request = self.tokens.request(upgrade.url, upgrade.token)?;
-            let stream = tcp(target.addr, upgrade.from).await?;
+            let stream = tcp(target.addr, upgrade.from, upgrade.recv_buffer).await?;
             let socket = match &target.tls {
                 None => Socket::Tcp(stream),
                 Some(name) => {
@@ -209,6 +221,20 @@ impl Hubs {
         upgrade.url.push_str(query);
         self.open(upgrade).await
     }
+
+    /// Like [`Hubs::connect`], with a receive buffer of `bytes` (the
+    /// kernel doubles it) instead of an autotuned one.
+    pub async fn connect_thin(
+        &self,
+        i: usize,
+        group: &str,
+        client: &str,
+        bytes: u32,
+    ) -> Result<Ws, String> {
+        let mut upgrade = self.upgrade(i, group, client)?;
+        upgrade.recv_buffer = Some(bytes);
+        self.open(upgrade).await
+    }
 }
 
 /// `--tls-ca FILE`: a client configuration trusting the certificates in
@@ -248,9 +274,15 @@ fn config() -> WebSocketConfig {
         .max_write_buffer_size(1024 * 1024)
 }
 
-/// A TCP connection from `from` to `to`.
-async fn tcp(to: SocketAddr, from: IpAddr) -> Result<TcpStream, String> {
+/// A TCP connection from `from` to `to`, with a fixed receive buffer if
+/// given.
+async fn tcp(to: SocketAddr, from: IpAddr, recv_buffer: Option<u32>) -> Result<TcpStream, String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    if let Some(bytes) = recv_buffer {
+        socket
+            .set_recv_buffer_size(bytes)
+            .map_err(|e| format!("SO_RCVBUF {bytes}: {e}"))?;
+    }
     socket
         .bind(SocketAddr::new(from, 0))
         .map_err(|e| format!("bind {from}: {e}"))?;

@@ -14,6 +14,7 @@ mod fanout;
 mod keys;
 mod recover;
 mod rtt;
+mod soak;
 mod stats;
 mod tokens;
 
@@ -47,6 +48,11 @@ enum Scenario {
     /// Sockets that missed M messages reconnecting at once with their
     /// positions: time to recover, and that each got exactly what it missed.
     Recover(recover::Args),
+    /// A long mixed run for flatness and zero loss: groups with a
+    /// controller and workers, group and direct traffic, workers
+    /// reconnecting with recovery, a slow consumer now and then; a CSV row
+    /// a minute (benches/soak.sh).
+    Soak(soak::Args),
     /// Write a fresh P-256 key (es256.pem, for --token-key) and its JWKS
     /// (jwks.json, for the hub's AETHER_TOKEN_JWKS_FILE) into a directory.
     Keys(keys::Args),
@@ -62,6 +68,7 @@ async fn main() -> ExitCode {
         Scenario::Rtt(args) => rtt::run(args).await,
         Scenario::Churn(args) => churn::run(args).await,
         Scenario::Recover(args) => recover::run(args).await,
+        Scenario::Soak(args) => soak::run(args).await,
         Scenario::Keys(args) => keys::run(args),
     };
     match result {
