@@ -5,6 +5,9 @@
 #    with two instances, history on (AETHER_HISTORY_SIZE=100) and off (0);
 #  - 100 groups x 50 subscribers x 10 msg/s through Redis: p99, on and off;
 #  - the same 1 x 1,000 fan-out in memory, on and off;
+#  - connects through Redis, 5,000 sockets in 100 groups over two hubs,
+#    on and off: the rate, and Redis script calls per connect (with history
+#    on, each new route's position is read once it is subscribed);
 #  - recovery: 1,000 sockets that each missed 100 messages reconnect at
 #    once (aether-load recover), in memory and through Redis;
 #  - Redis memory per route with full history (MEMORY USAGE of the route's
@@ -39,21 +42,30 @@ redis() {
   redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null & pids+=($!)
   wait_port "$redis_port"
 }
+evalsha_calls() {
+  redis-cli -p "$redis_port" INFO commandstats | tr -d '\r' |
+    sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\).*/\1/p' | grep . || echo 0
+}
 two_hubs() { # size
   redis
   hub 18601 "$1" AETHER_REDIS_URL="redis://127.0.0.1:$redis_port/"
   hub 18602 "$1" AETHER_REDIS_URL="redis://127.0.0.1:$redis_port/"
   sleep 1
 }
-both="--url ws://127.0.0.1:18601 --url ws://127.0.0.1:18602"
+both=(--url ws://127.0.0.1:18601 --url ws://127.0.0.1:18602)
 
 for round in $(seq "$rounds"); do
   sizes=(0 100)
   [ $((round % 2)) -eq 0 ] && sizes=(100 0)
   for size in "${sizes[@]}"; do
     two_hubs "$size"
-    $load fanout $both --groups 1 --subscribers 1000 --duration 10 --warmup 2 2>/dev/null > "$out/redis-1x1000-$size-$round.json" || true
-    $load fanout $both --groups 100 --subscribers 50 --rate 10 --duration 10 --warmup 2 2>/dev/null > "$out/redis-100x50-$size-$round.json" || true
+    $load fanout "${both[@]}" --groups 1 --subscribers 1000 --duration 10 --warmup 2 2>/dev/null > "$out/redis-1x1000-$size-$round.json" || true
+    $load fanout "${both[@]}" --groups 100 --subscribers 50 --rate 10 --duration 10 --warmup 2 2>/dev/null > "$out/redis-100x50-$size-$round.json" || true
+    cleanup
+    two_hubs "$size"
+    calls=$(evalsha_calls)
+    $load connect "${both[@]}" --sockets 5000 --groups 100 --hold 0.5 2>/dev/null | tail -n 1 > "$out/redis-connect-$size-$round.json" || true
+    echo "{\"evalsha\": $(( $(evalsha_calls) - calls ))}" > "$out/redis-connect-calls-$size-$round.json"
     cleanup
     hub 18603 "$size"
     $load fanout --url ws://127.0.0.1:18603 --groups 1 --subscribers 1000 --duration 10 --warmup 2 2>/dev/null > "$out/memory-1x1000-$size-$round.json" || true
@@ -65,7 +77,7 @@ hub 18604 100
 $load recover --url ws://127.0.0.1:18604 --sockets 1000 --missed 100 2>/dev/null > "$out/recover-memory.json" || true
 cleanup
 two_hubs 100
-$load recover $both --sockets 1000 --missed 100 2>/dev/null > "$out/recover-redis.json" || true
+$load recover "${both[@]}" --sockets 1000 --missed 100 2>/dev/null > "$out/recover-redis.json" || true
 cleanup
 
 # Redis memory per route with full history: one group, SIZE + 10 messages
@@ -92,7 +104,8 @@ def load(name):
 problems = []
 for name, figure, unit in [("redis-1x1000", "deliveries_per_sec", "deliveries/s"),
                            ("memory-1x1000", "deliveries_per_sec", "deliveries/s"),
-                           ("redis-100x50", "p99", "ms p99")]:
+                           ("redis-100x50", "p99", "ms p99"),
+                           ("redis-connect", "connects_per_sec", "connects/s")]:
     ratios = []
     for r in range(1, rounds + 1):
         off, on = load(f"{name}-0-{r}"), load(f"{name}-100-{r}")
@@ -106,6 +119,11 @@ for name, figure, unit in [("redis-1x1000", "deliveries_per_sec", "deliveries/s"
         print(f"{name} round {r}: off {v(off):.2f}, on {v(on):.2f} {unit} (on/off {v(on)/v(off):.3f})")
     if ratios:
         print(f"{name}: median on/off {statistics.median(ratios):.3f}")
+for size in (0, 100):
+    calls = [load(f"redis-connect-calls-{size}-{r}") for r in range(1, rounds + 1)]
+    calls = [c["evalsha"] / 5000 for c in calls if c]
+    if calls:
+        print(f"redis-connect, history {size}: {statistics.median(calls):.2f} script calls per connect")
 for mode in ("memory", "redis"):
     d = load(f"recover-{mode}")
     if not d:

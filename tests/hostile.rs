@@ -11,7 +11,7 @@
 //! attacker gets (its close code, or its message delivered), that every
 //! healthy receiver got every healthy message in order, and that the hub
 //! process gave back what the attack cost it (file descriptors, memory,
-//! threads, `aether_connections_open`, read from `/proc/<pid>` and
+//! threads, `aether_connections_open`, tasks alive, read from `/proc/<pid>` and
 //! `/metrics`). Healthy latency (p99) and the resource figures are printed,
 //! never asserted as times. Close codes are those of PROTOCOL.md section 6;
 //! `close_codes.rs` provokes each of them the ordinary way.

@@ -262,18 +262,28 @@ pub const FD_SLACK: u64 = 20;
 /// idle threads stay 10 s. A thread per socket or per frame breaks it.
 pub const THREAD_SLACK: u64 = 16;
 
+/// Tasks the hub may hold over its baseline once the attack is over (a
+/// request in flight, a socket still closing): a task leaked per attacker
+/// breaks it from the 21st on.
+pub const TASK_SLACK: f64 = 20.0;
+
+const TASKS: &str = "aether_tokio_tasks_alive";
+
 /// Samples the hub's resources from before an attack to after it.
 pub struct Watch {
     pub pid: u32,
     pub baseline: Resources,
+    /// The hub's tasks alive (`aether_tokio_tasks_alive`, from `/metrics`).
+    pub tasks: f64,
     pub stop: Arc<AtomicBool>,
     pub sampler: JoinHandle<Resources>,
 }
 
 impl Watch {
-    pub fn start(hub: &Running) -> Watch {
+    pub async fn start(hub: &Running) -> Watch {
         let pid = hub.child.id();
         let baseline = Resources::of(pid);
+        let tasks = hub.metric(TASKS).await;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let sampler = tokio::spawn(async move {
@@ -291,6 +301,7 @@ impl Watch {
         Watch {
             pid,
             baseline,
+            tasks,
             stop,
             sampler,
         }
@@ -306,12 +317,15 @@ impl Watch {
         let base = self.baseline;
         // A closing socket may take the hub's 2 s close handshake to go.
         let deadline = Instant::now() + TIMEOUT;
-        let (after, open) = loop {
+        let (after, open, tasks) = loop {
             let after = Resources::of(self.pid);
             let open = hub.metric("aether_connections_open").await;
-            let settled = open == healthy as f64 && after.fds <= base.fds + FD_SLACK;
+            let tasks = hub.metric(TASKS).await;
+            let settled = open == healthy as f64
+                && after.fds <= base.fds + FD_SLACK
+                && tasks <= self.tasks + TASK_SLACK;
             if settled || Instant::now() > deadline {
-                break (after, open);
+                break (after, open, tasks);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
@@ -319,7 +333,7 @@ impl Watch {
         eprintln!(
             "[{name}] hub resources: baseline rss {:.1} MiB, fds {}, threads {} | \
              peak rss {:.1} MiB, fds {}, threads {} | after rss {:.1} MiB, fds {}, threads {} | \
-             sockets open after: {open}",
+             sockets open after: {open}, tasks {} before, {tasks} after",
             mib(base.rss_kib),
             base.fds,
             base.threads,
@@ -329,6 +343,13 @@ impl Watch {
             mib(after.rss_kib),
             after.fds,
             after.threads,
+            self.tasks,
+        );
+        assert!(self.tasks > 0.0, "the hub exports {TASKS}");
+        assert!(
+            tasks <= self.tasks + TASK_SLACK,
+            "tasks leaked: {} before, {tasks} after",
+            self.tasks
         );
         assert_eq!(
             open, healthy as f64,
@@ -463,7 +484,7 @@ impl Scene {
         let one = one_at_a_time().await;
         let hub = spawn_hub(env).await;
         let healthy = Healthy::start(&hub, "healthy").await;
-        let watch = Watch::start(&hub);
+        let watch = Watch::start(&hub).await;
         Scene {
             _one: one,
             hub,
