@@ -1,4 +1,5 @@
-//! The harness of `tests/hostile.rs`: a group of healthy sockets that
+//! The harness of the hostile tests (`tests/hostile_frames.rs`,
+//! `tests/hostile_connections.rs`): a group of healthy sockets that
 //! keeps talking through a hub while an attack runs, and a watch on the
 //! hub process's resources (`/proc/<pid>`: memory, descriptors, threads;
 //! `/metrics`: sockets open) before, during and after it. The attacks
@@ -7,23 +8,27 @@
 //! asserted as a time. Also the attackers' shared tools: a busy sender
 //! that floods the attack group, and connections that dawdle before the
 //! upgrade.
+//!
+//! Here: the healthy traffic, the [`Scene`] an attack runs in, and the
+//! frame-level helpers; [`resources`] holds the watch on the hub process
+//! and the [`Bounds`](resources::Bounds) an attack must stay within,
+//! [`tools`] the busy sender and the connections that dawdle.
+
+pub mod resources;
+pub mod tools;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::process::{spawn_hub, Running};
 use super::raw::{Frame, RawSocket};
-use super::{msg, Client, Event, Ws, TIMEOUT};
+use super::{msg, Client, Event, TIMEOUT};
+use resources::{Bounds, Watch};
 
 // ---------------------------------------------------------------------------
 // Harness: healthy traffic
@@ -194,200 +199,6 @@ pub async fn connect(hub: &Running, group: &str, client: &str) -> Client {
         .unwrap_or_else(|e| panic!("connect {group}/{client}: {e}"))
 }
 
-// ---------------------------------------------------------------------------
-// Harness: the hub's resources
-// ---------------------------------------------------------------------------
-
-/// What the hub process holds, from `/proc/<pid>/` (its tasks are not
-/// visible there; sockets are, as descriptors).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Resources {
-    pub rss_kib: u64,
-    pub fds: u64,
-    pub threads: u64,
-}
-
-impl Resources {
-    pub fn of(pid: u32) -> Resources {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .expect("the hub is running (/proc/<pid>/status)");
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
-        };
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .expect("/proc/<pid>/fd")
-            .count() as u64;
-        Resources {
-            rss_kib: field("VmRSS:"),
-            fds,
-            threads: field("Threads:"),
-        }
-    }
-
-    pub fn max(self, other: Resources) -> Resources {
-        Resources {
-            rss_kib: self.rss_kib.max(other.rss_kib),
-            fds: self.fds.max(other.fds),
-            threads: self.threads.max(other.threads),
-        }
-    }
-}
-
-/// What an attack may cost the hub while it lasts, and leave behind.
-pub struct Bounds {
-    /// Sockets the attack opens at once (each is one descriptor).
-    pub attackers: u64,
-    /// RSS growth over the baseline at the peak of the attack.
-    pub peak_rss_mib: u64,
-    /// RSS growth over the baseline once the attack is over. The allocator
-    /// keeps some freed memory mapped, so this is not zero after a clean
-    /// attack; what it catches is memory kept per frame (tens of thousands
-    /// of frames per attack) or the bulk of the peak kept. A few KiB kept
-    /// per socket do not show in RSS: they show in the descriptors and in
-    /// `aether_connections_open`, checked exactly.
-    pub after_rss_mib: u64,
-}
-
-/// Descriptors the hub may hold over its baseline once the attack is over
-/// (an HTTP request in flight, a socket still in its close handshake): a
-/// leaked socket per attacker breaks it from the 21st on.
-pub const FD_SLACK: u64 = 20;
-
-/// Threads the hub may add over its baseline: tokio's blocking pool, whose
-/// idle threads stay 10 s. A thread per socket or per frame breaks it.
-pub const THREAD_SLACK: u64 = 16;
-
-/// Tasks the hub may hold over its baseline once the attack is over (a
-/// request in flight, a socket still closing): a task leaked per attacker
-/// breaks it from the 21st on.
-pub const TASK_SLACK: f64 = 20.0;
-
-const TASKS: &str = "aether_tokio_tasks_alive";
-
-/// Samples the hub's resources from before an attack to after it.
-pub struct Watch {
-    pub pid: u32,
-    pub baseline: Resources,
-    /// The hub's tasks alive (`aether_tokio_tasks_alive`, from `/metrics`).
-    pub tasks: f64,
-    pub stop: Arc<AtomicBool>,
-    pub sampler: JoinHandle<Resources>,
-}
-
-impl Watch {
-    pub async fn start(hub: &Running) -> Watch {
-        let pid = hub.child.id();
-        let baseline = Resources::of(pid);
-        let tasks = hub.metric(TASKS).await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let sampler = tokio::spawn(async move {
-            let mut peak = baseline;
-            // Bounded: at most a minute of samples, every 20 ms.
-            for _ in 0..3_000 {
-                if flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                peak = peak.max(Resources::of(pid));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            peak
-        });
-        Watch {
-            pid,
-            baseline,
-            tasks,
-            stop,
-            sampler,
-        }
-    }
-
-    /// Ends the watch once the attack is over and every attacker is gone:
-    /// waits (bounded) for the hub to be back to `healthy` sockets, then
-    /// asserts `bounds` and prints the figures.
-    pub async fn end(self, hub: &Running, name: &str, healthy: &HealthyReport, bounds: Bounds) {
-        let healthy = healthy.clients.len();
-        self.stop.store(true, Ordering::Relaxed);
-        let peak = self.sampler.await.expect("sampler");
-        let base = self.baseline;
-        // A closing socket may take the hub's 2 s close handshake to go.
-        let deadline = Instant::now() + TIMEOUT;
-        let (after, open, tasks) = loop {
-            let after = Resources::of(self.pid);
-            let open = hub.metric("aether_connections_open").await;
-            let tasks = hub.metric(TASKS).await;
-            let settled = open == healthy as f64
-                && after.fds <= base.fds + FD_SLACK
-                && tasks <= self.tasks + TASK_SLACK;
-            if settled || Instant::now() > deadline {
-                break (after, open, tasks);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let mib = |kib: u64| kib as f64 / 1024.0;
-        eprintln!(
-            "[{name}] hub resources: baseline rss {:.1} MiB, fds {}, threads {} | \
-             peak rss {:.1} MiB, fds {}, threads {} | after rss {:.1} MiB, fds {}, threads {} | \
-             sockets open after: {open}, tasks {} before, {tasks} after",
-            mib(base.rss_kib),
-            base.fds,
-            base.threads,
-            mib(peak.rss_kib),
-            peak.fds,
-            peak.threads,
-            mib(after.rss_kib),
-            after.fds,
-            after.threads,
-            self.tasks,
-        );
-        assert!(self.tasks > 0.0, "the hub exports {TASKS}");
-        assert!(
-            tasks <= self.tasks + TASK_SLACK,
-            "tasks leaked: {} before, {tasks} after",
-            self.tasks
-        );
-        assert_eq!(
-            open, healthy as f64,
-            "aether_connections_open is back to the healthy sockets"
-        );
-        assert!(
-            after.fds <= base.fds + FD_SLACK,
-            "descriptors leaked: {} before, {} after",
-            base.fds,
-            after.fds
-        );
-        assert!(
-            peak.fds <= base.fds + bounds.attackers + FD_SLACK,
-            "more than one descriptor per attacker: {} before, {} at peak",
-            base.fds,
-            peak.fds
-        );
-        assert!(
-            peak.threads <= base.threads + THREAD_SLACK,
-            "threads grew with the attack: {} before, {} at peak",
-            base.threads,
-            peak.threads
-        );
-        assert!(
-            peak.rss_kib <= base.rss_kib + bounds.peak_rss_mib * 1024,
-            "the attack cost more than {} MiB at its peak",
-            bounds.peak_rss_mib
-        );
-        assert!(
-            after.rss_kib <= base.rss_kib + bounds.after_rss_mib * 1024,
-            "the hub kept more than {} MiB after the attack",
-            bounds.after_rss_mib
-        );
-        let healthz = hub.get("/healthz").await;
-        assert_eq!(healthz.status, 200, "the hub is still serving");
-    }
-}
-
 pub fn report(name: &str, healthy: &HealthyReport) {
     eprintln!(
         "[{name}] healthy: {} messages to {} receivers, all in order; latency p50 {:?}, p99 {:?}, max {:?}",
@@ -502,197 +313,4 @@ impl Scene {
         self.watch.end(&self.hub, name, &healthy, bounds).await;
         self.hub
     }
-}
-
-// ---------------------------------------------------------------------------
-// Attackers' tools
-// ---------------------------------------------------------------------------
-
-/// A sender in the attack group sending 2 KiB group messages as fast as
-/// the hub takes them. It reads what it is sent (presence events, pings),
-/// so it is never a slow consumer itself, and being closed fails the test.
-pub struct Busy {
-    tx: SplitSink<Ws, Message>,
-    reader: JoinHandle<()>,
-    pub sent: usize,
-}
-
-/// What a flood of [`Busy::flood_until_dropped`] took.
-pub struct Flooded {
-    pub sent: usize,
-    /// Slow consumers the hub dropped meanwhile (counted once per socket).
-    pub dropped: f64,
-    pub took: Duration,
-    pub first_drop: Option<Instant>,
-}
-
-/// The hub's count of sockets dropped for a full queue (one per socket).
-pub const DROPPED_SLOW: &str = r#"aether_messages_dropped_total{reason="slow_consumer"}"#;
-pub const CLOSED_4008: &str = r#"aether_connections_closed_total{code="4008"}"#;
-
-impl Busy {
-    pub async fn start(hub: &Running) -> Busy {
-        let (tx, mut rx) = connect(hub, "attack", "busy").await.ws.split();
-        let reader = tokio::spawn(async move {
-            while let Some(Ok(frame)) = rx.next().await {
-                if let Message::Close(_) = frame {
-                    panic!("the busy sender was closed: {frame:?}");
-                }
-            }
-        });
-        Busy {
-            tx,
-            reader,
-            sent: 0,
-        }
-    }
-
-    /// Sends one 2 KiB group message.
-    pub async fn send_one(&mut self) {
-        let blob = "x".repeat(2048);
-        let m = msg("group", json!({"msg": blob, "payload": {"seq": self.sent}}));
-        self.tx
-            .send(Message::text(m.to_string()))
-            .await
-            .expect("the busy sender is never slowed to a stop");
-        self.sent += 1;
-    }
-
-    /// Sends as fast as it can until the hub has dropped `slow` slow
-    /// consumers: at most 10,000 messages or 20 s.
-    pub async fn flood_until_dropped(&mut self, hub: &Running, slow: usize) -> Flooded {
-        let before = hub.metric(DROPPED_SLOW).await;
-        let started = Instant::now();
-        let (mut dropped, mut first_drop) = (0.0, None);
-        let mut sent = 0;
-        while sent < 10_000 && started.elapsed() < Duration::from_secs(20) {
-            self.send_one().await;
-            sent += 1;
-            if sent % 32 == 0 {
-                dropped = hub.metric(DROPPED_SLOW).await - before;
-                if dropped > 0.0 && first_drop.is_none() {
-                    first_drop = Some(Instant::now());
-                }
-                if dropped >= slow as f64 {
-                    break;
-                }
-            }
-        }
-        Flooded {
-            sent,
-            dropped,
-            took: started.elapsed(),
-            first_drop,
-        }
-    }
-
-    /// Hangs up; fails if the hub closed the busy sender meanwhile.
-    pub async fn stop(mut self) {
-        if self.reader.is_finished() {
-            self.reader.await.expect("the busy sender's reader");
-        } else {
-            self.reader.abort();
-        }
-        let _ = self.tx.close().await;
-    }
-}
-
-/// Waits (bounded) until the hub holds `sockets` open sockets: attackers
-/// that never read cannot tell when their upgrade is done.
-pub async fn wait_for_sockets(hub: &Running, sockets: usize) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let open = hub.metric("aether_connections_open").await;
-        if open == sockets as f64 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the hub holds {open} sockets, not {sockets}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Raises the test process's open-file limit to at least `needed`, for
-/// attacks of thousands of connections (the hub raises its own at start).
-pub fn raise_open_files(needed: u64) {
-    let limit = aether_hub::fdlimit::raise().unwrap_or(0);
-    assert!(
-        limit >= needed,
-        "the open-file limit is {limit}: this attack needs {needed}"
-    );
-}
-
-/// The kernel's cap on a listener's accept queue (`net.core.somaxconn`):
-/// a burst of connects larger than it is partly dropped and retried
-/// seconds later, whatever the hub does.
-pub fn accept_queue_cap() -> usize {
-    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(4096)
-}
-
-/// How long the hub keeps a connection that sends `drip` one byte a second
-/// from now on (nothing when empty), until it hangs up: `None` if it still
-/// holds it after `give_up`. Whatever the hub answers before hanging up is
-/// read and ignored.
-pub async fn held_for(mut stream: TcpStream, drip: &[u8], give_up: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    let mut drip = drip.iter();
-    let mut second = tokio::time::interval(Duration::from_secs(1));
-    let mut buf = [0u8; 1024];
-    loop {
-        tokio::select! {
-            read = stream.read(&mut buf) => match read {
-                Ok(0) | Err(_) => return Some(started.elapsed()),
-                Ok(_) => {}
-            },
-            _ = second.tick() => {
-                if started.elapsed() > give_up {
-                    return None;
-                }
-                let Some(&byte) = drip.next() else { continue };
-                if stream.write_all(&[byte]).await.is_err() {
-                    return Some(started.elapsed());
-                }
-            }
-        }
-    }
-}
-
-/// `count` connections to the hub at once, each sending `drip` a byte a
-/// second from its connect on: how long the hub held each (see
-/// [`held_for`]).
-pub async fn dawdle(
-    hub: &Running,
-    count: usize,
-    drip: &str,
-    give_up: Duration,
-) -> Vec<Option<Duration>> {
-    let dawdlers: Vec<_> = (0..count)
-        .map(|_| {
-            let (addr, drip) = (hub.addr, drip.to_owned());
-            tokio::spawn(async move {
-                let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
-                    .await
-                    .expect("connected in time")
-                    .expect("connect");
-                held_for(stream, drip.as_bytes(), give_up).await
-            })
-        })
-        .collect();
-    let mut held = Vec::with_capacity(count);
-    for dawdler in dawdlers {
-        held.push(dawdler.await.expect("a dawdler failed"));
-    }
-    held
-}
-
-/// The fewest, the median and the most of `times`.
-pub fn spread(mut times: Vec<Duration>) -> (Duration, Duration, Duration) {
-    times.sort();
-    let last = times.len() - 1;
-    (times[0], times[last / 2], times[last])
 }
