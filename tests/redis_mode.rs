@@ -270,6 +270,35 @@ async fn presence_is_shared_and_counts_sockets_on_every_instance() {
     );
 }
 
+/// Redis restarts empty: every instance records its clients again, and
+/// nobody is told they left or joined, since nobody was ever told they
+/// were gone. (A hub the others swept out during a long partition does
+/// announce its clients' joins on its return: `tests/netfaults.rs`.)
+#[tokio::test]
+async fn a_redis_restart_rebuilds_presence_without_telling_anyone() {
+    let mut redis = RedisServer::start();
+    let (a, b) = pair(&redis).await;
+    let mut watcher = b.connect("g1", "watcher").await;
+    let _amy = a.connect("g1", "amy").await;
+    assert_eq!(
+        watcher.recv().await["payload"],
+        json!({"event": "join", "client_id": "amy"})
+    );
+
+    redis.kill();
+    a.wait_ready(503).await;
+    redis.restart();
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+    let conn = redis.client().await;
+    eventually("presence rebuilt", || {
+        let mut conn = conn.clone();
+        async move { smembers(&mut conn, "ws:presence:group:g1").await == ["amy", "watcher"] }
+    })
+    .await;
+    watcher.expect_silence(QUIET).await;
+}
+
 #[tokio::test]
 async fn a_redis_restart_mid_traffic_keeps_every_socket_and_traffic_resumes() {
     let mut redis = RedisServer::start();
