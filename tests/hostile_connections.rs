@@ -124,12 +124,7 @@ async fn five_hundred_clients_that_stop_reading_are_dropped_4008() {
         // kept; per-socket leaks show in descriptors and socket counts.
         after_rss_mib: 120,
     };
-    let hub = scene.end("500 slow", bounds).await;
-    let closed = hub.metric(CLOSED_4008).await - closed_before;
-    assert_eq!(
-        closed, SLOW_CLIENTS as f64,
-        "the hub counted 500 closes with 4008"
-    );
+    end_with_4008s(scene, "500 slow", bounds, closed_before, SLOW_CLIENTS).await;
 }
 
 /// Clients that send the upgrade request, then never read a byte, not even
@@ -224,11 +219,17 @@ async fn clients_that_never_read_a_byte_are_dropped_4008() {
         peak_rss_mib: 80,
         after_rss_mib: 60,
     };
-    let hub = scene.end("never read", bounds).await;
-    let closed = hub.metric(CLOSED_4008).await - closed_before;
+    end_with_4008s(scene, "never read", bounds, closed_before, NEVER_READERS).await;
+}
+
+/// Ends `scene` (its bounds asserted) and asserts that the hub counted
+/// `attackers` closes with 4008 since `before`: one for each, no more.
+async fn end_with_4008s(scene: Scene, name: &str, bounds: Bounds, before: f64, attackers: usize) {
+    let hub = scene.end(name, bounds).await;
+    let closed = hub.metric(CLOSED_4008).await - before;
     assert_eq!(
-        closed, NEVER_READERS as f64,
-        "the hub counted a 4008 for each"
+        closed, attackers as f64,
+        "[{name}] the hub counted a 4008 for each attacker"
     );
 }
 
