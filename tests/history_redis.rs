@@ -541,6 +541,29 @@ async fn what_was_published_during_a_blip_arrives_without_newer_traffic() {
     assert!(a.metric("aether_messages_repaired_total").await >= 1.0);
 }
 
+/// A publish Redis does not answer within a command's timeout (the server
+/// is frozen) is answered 503, saying it may have been published: it was,
+/// once Redis went on, and the group gets it. (A 503 that does not say so
+/// means the message was not published: see the cluster failover test.)
+#[tokio::test]
+async fn a_publish_redis_never_answered_is_503_may_have_been_published() {
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    let mut w1 = a.connect("held", "w1").await;
+    let body = json!({"msg_type": "cmd", "target": "group", "group_id": "held",
+                      "from_id": "svc", "cmd": "late"});
+    redis.pause();
+    let answer = b.post("/v3/publish", &[], &body.to_string()).await;
+    redis.resume();
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(
+        answer.json()["error"],
+        "the message broker did not confirm the message; it may have been published"
+    );
+    let late = next_message(&mut w1).await;
+    assert_eq!((late["cmd"].as_str(), offset(&late)), (Some("late"), 1));
+}
+
 /// Calls of `EVALSHA` Redis has served (INFO commandstats).
 async fn evalsha_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")

@@ -29,8 +29,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
+    /// The message was not published.
     #[error("the message broker is unavailable")]
     Unavailable,
+    /// The message reached Redis, but no answer came back (the connection
+    /// broke, or the answer took too long): it may have been published.
+    #[error("the message broker did not confirm the message; it may have been published")]
+    Unconfirmed,
 }
 
 /// Whether a published message is kept in history (PROTOCOL.md section
@@ -44,13 +49,14 @@ pub enum Keep {
     WithReceipt,
 }
 
-/// Where a kept message was numbered, once it is.
-pub type Receipt = oneshot::Receiver<Position>;
+/// Where a kept message was numbered, once it is; dropped unanswered
+/// when it was not published ([`BrokerError::Unavailable`]).
+pub type Receipt = oneshot::Receiver<Result<Position, BrokerError>>;
 
 /// A receipt for a message numbered already.
 pub fn receipt(position: Position) -> Receipt {
     let (tx, rx) = oneshot::channel();
-    let _ = tx.send(position);
+    let _ = tx.send(Ok(position));
     rx
 }
 

@@ -206,13 +206,14 @@ impl Api {
             .map_err(unavailable)?;
         let mut body = serde_json::json!({ "status": "accepted" });
         if let Some(receipt) = receipt {
-            // Numbered in Redis within a command's timeout, or not at all.
-            let numbered = tokio::time::timeout(RECEIPT_TIMEOUT, receipt).await;
-            let position = numbered
-                .ok()
-                .and_then(Result::ok)
-                .ok_or(BrokerError::Unavailable)
-                .map_err(unavailable)?;
+            // Numbered in Redis within a command's timeout, or not at all;
+            // a message still queued then may yet go out.
+            let position = match tokio::time::timeout(RECEIPT_TIMEOUT, receipt).await {
+                Ok(Ok(numbered)) => numbered,
+                Ok(Err(_dropped)) => Err(BrokerError::Unavailable),
+                Err(_late) => Err(BrokerError::Unconfirmed),
+            }
+            .map_err(unavailable)?;
             body["offset"] = position.offset.into();
             body["epoch"] = position.epoch.as_str().into();
         }

@@ -44,7 +44,11 @@ impl Cluster {
             node.spawn();
         }
         let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-        create(&ports);
+        let dirs: Vec<_> = nodes.iter().map(|n| n.dir.clone()).collect();
+        create(&ports, &dirs);
+        for node in &mut nodes {
+            node.formed();
+        }
         let cluster = Cluster {
             nodes: Mutex::new(nodes),
         };

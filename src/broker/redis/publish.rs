@@ -21,7 +21,10 @@
 //! messages ends with `WAIT 1` (bounded) when the master has a replica:
 //! Redis replicates asynchronously, and a receipt (`POST /v3/publish`'s
 //! offset) should not name a message that a `kill -9` of the master
-//! followed by its replica's promotion would lose.
+//! followed by its replica's promotion would lose. A kept message whose
+//! pipeline was written but never answered (the connection broke, or the
+//! answer came too late) may have been run: its receipt says so
+//! ([`BrokerError::Unconfirmed`]) rather than that it was not published.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -33,6 +36,7 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::cluster::{Masters, NodeAddr, Slot, SlotMap};
+use crate::broker::BrokerError;
 use crate::history::redis::{self as history, Invoke, Keys, Numbering, Publish};
 use crate::history::{Epoch, Position, Retention};
 use crate::metrics::{self, DropReason};
@@ -58,9 +62,9 @@ pub struct Outgoing {
 pub struct Kept {
     pub keys: Keys,
     pub sender: String,
-    /// Told the message's position; dropped (the receiver sees an error)
-    /// when the message could not be numbered.
-    pub receipt: Option<oneshot::Sender<Position>>,
+    /// Told the message's position, or that Redis never answered for it;
+    /// dropped when the message could not be numbered.
+    pub receipt: Option<oneshot::Sender<Result<Position, BrokerError>>>,
 }
 
 /// Publishes queued messages in order, with up to [`PIPELINES_IN_FLIGHT`]
@@ -312,13 +316,16 @@ async fn send_once(
             replies.truncate(items.len());
             replies
         }
-        _ => {
+        other => {
+            sent.failed += items.len() as u64;
+            if other.as_ref().is_err_and(unanswered) {
+                unconfirmed(items);
+            }
             if let Way::Sharded { map, master, .. } = way {
                 // The master may be gone (a failover): read the map again.
                 map.moved();
                 sent.broken.clone_from(master);
             }
-            sent.failed += items.len() as u64;
             return Vec::new();
         }
     };
@@ -376,8 +383,27 @@ async fn send_alone(conn: &mut Commands, item: Outgoing, retention: Retention) -
         Ok(reply) => settle(item, &reply),
         Err(e) => {
             tracing::debug!("a redirected publish failed: {e}");
+            if unanswered(&e) {
+                unconfirmed(vec![item]);
+            }
             false
         }
+    }
+}
+
+/// Whether `e` leaves it unknown if Redis ran the commands: they may have
+/// been written before the connection broke, or run after the wait for
+/// their answer ended.
+fn unanswered(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
+}
+
+/// Tells the kept messages' receipts that their fate is unknown (rather
+/// than dropping them, which says "not published").
+fn unconfirmed(items: Vec<Outgoing>) {
+    let receipts = items.into_iter().filter_map(|i| i.kept?.receipt);
+    for receipt in receipts {
+        let _ = receipt.send(Err(BrokerError::Unconfirmed));
     }
 }
 
@@ -452,7 +478,7 @@ fn settle(item: Outgoing, reply: &Value) -> bool {
         return false;
     };
     if let Some(receipt) = kept.receipt {
-        let _ = receipt.send(position);
+        let _ = receipt.send(Ok(position));
     }
     true
 }

@@ -11,12 +11,22 @@ use std::time::{Duration, Instant};
 
 use super::CLUSTER_TIMEOUT;
 
+/// How long a node of the formed cluster waits before it calls a silent
+/// peer failed: short, so that failovers take a second or two.
+const NODE_TIMEOUT_MS: u64 = 1000;
+/// The same while the cluster forms. A peer met (`CLUSTER MEET`) that does
+/// not answer within it is forgotten, and `redis-cli --cluster create`
+/// then waits for it for ever: on a busy machine 1 s is not enough.
+const FORMING_NODE_TIMEOUT_MS: u64 = 10_000;
+
 /// One `redis-server` of the cluster.
 pub struct Node {
     pub port: u16,
     bus_port: u16,
     pub dir: PathBuf,
     pub child: Option<Child>,
+    /// Whether the cluster has formed (it knows its peers from then on).
+    formed: bool,
 }
 
 impl Node {
@@ -32,7 +42,25 @@ impl Node {
             bus_port,
             dir,
             child: None,
+            formed: false,
         }
+    }
+
+    /// The cluster has formed: from now on a silent peer is failed after
+    /// [`NODE_TIMEOUT_MS`].
+    pub fn formed(&mut self) {
+        let timeout = NODE_TIMEOUT_MS.to_string();
+        let status = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(["CONFIG", "SET", "cluster-node-timeout", &timeout])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run redis-cli");
+        assert!(
+            status.success(),
+            "CONFIG SET cluster-node-timeout: {status}"
+        );
+        self.formed = true;
     }
 
     pub fn spawn(&mut self) {
@@ -42,7 +70,10 @@ impl Node {
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-port", &self.bus_port.to_string()])
             .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", "1000"])
+            .args([
+                "--cluster-node-timeout",
+                &self.node_timeout_ms().to_string(),
+            ])
             // A replica in sync at once (no 5 s wait for more replicas to
             // share a diskless transfer), and allowed to take over however
             // long its link was down: failovers in seconds, every time.
@@ -55,6 +86,14 @@ impl Node {
             .stderr(Stdio::null());
         self.child = Some(spawn_kept(command));
         wait_listening(self.port);
+    }
+
+    fn node_timeout_ms(&self) -> u64 {
+        if self.formed {
+            NODE_TIMEOUT_MS
+        } else {
+            FORMING_NODE_TIMEOUT_MS
+        }
     }
 
     pub fn kill(&mut self) {
@@ -92,16 +131,19 @@ pub fn remove_stale_dirs() {
     }
 }
 
-/// `redis-cli --cluster create` over `ports`, one replica per master.
-pub fn create(ports: &[u16]) {
+/// `redis-cli --cluster create` over `ports`, one replica per master;
+/// `dir` keeps its output, shown with the nodes' logs if it never finishes.
+pub fn create(ports: &[u16], dirs: &[PathBuf]) {
+    let output_path = dirs[0].join("create.out");
+    let output = std::fs::File::create(&output_path).expect("redis-cli output file");
     let mut command = Command::new("redis-cli");
     command.arg("--cluster").arg("create");
     command.args(ports.iter().map(|p| format!("127.0.0.1:{p}")));
     command
         .args(["--cluster-replicas", "1", "--cluster-yes"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(output.try_clone().expect("redis-cli output file"))
+        .stderr(output);
     let mut child = spawn_kept(command);
     let deadline = Instant::now() + CLUSTER_TIMEOUT;
     loop {
@@ -114,10 +156,22 @@ pub fn create(ports: &[u16]) {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("redis-cli --cluster create did not finish");
+                let mut report = tail(&output_path, 20);
+                for dir in dirs {
+                    report.push_str(&format!("\n--- {}\n", dir.display()));
+                    report.push_str(&tail(&dir.join("redis.log"), 15));
+                }
+                panic!("redis-cli --cluster create did not finish:\n{report}");
             }
         }
     }
+}
+
+/// The last `lines` lines of the file at `path`, for a failure report.
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Starts `command` from one thread that lives as long as the test binary,
