@@ -259,16 +259,28 @@ mod hubs {
         let mut alice = connect(&a, &group, "alice").await;
         let _bob = connect(&b, &group, "bob").await;
         assert_eq!(presence(&mut alice).await, ev("join", "bob"));
-        // Replicated before the kill: WAIT for the replica's acknowledgement.
+        // Replicated before the kill: the replica holds the SET. (A `WAIT`
+        // on a connection of our own would prove nothing: it waits for
+        // that connection's writes, and it made none.)
         let key = format!("{prefix}ws:presence:group:{group}");
         let master = cluster.master_of_key(&key).await;
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(1)
-            .arg(5000)
-            .query_async(&mut cluster.client(master).await)
+        let replica = cluster
+            .replicas()
             .await
-            .expect("WAIT");
-        assert_eq!(acked, 1);
+            .into_iter()
+            .find(|(_, m)| *m == master)
+            .map(|(r, _)| r)
+            .expect("the master has a replica");
+        let mut on_replica = cluster.client(replica).await;
+        let _: () = redis::cmd("READONLY")
+            .query_async(&mut on_replica)
+            .await
+            .expect("READONLY");
+        eventually("the replica holds the presence SET", || {
+            let (mut conn, key) = (on_replica.clone(), key.clone());
+            async move { smembers(&mut conn, &key).await == ["alice", "bob"] }
+        })
+        .await;
 
         let dead = cluster.kill_master(0).await;
         cluster.wait_for_failover(dead, 0).await;
@@ -290,8 +302,10 @@ mod hubs {
     }
 
     /// The slot of a group's presence SET moves to another master (keys and
-    /// all) while clients come and go: every join and leave is announced,
-    /// and the SET on its new master holds exactly who is online.
+    /// all) while clients come and go: joins and leaves are announced in
+    /// order and never twice (but for the moment the channel moves, none
+    /// is missed), and the SET on its new master holds exactly who is
+    /// online.
     #[tokio::test]
     async fn presence_follows_its_slot_to_another_master() {
         let cluster = Cluster::start();
@@ -321,11 +335,32 @@ mod hubs {
         };
         let slot = cluster.slot_of(&key).await;
         tokio::join!(cluster.migrate_slot(slot, from, to), churn);
-        for i in 0..10 {
-            let visitor = format!("visitor-{i}");
-            assert_eq!(presence(&mut alice).await, ev("join", &visitor));
-            assert_eq!(presence(&mut alice).await, ev("leave", &visitor));
+        // An event published in the moment the group's channel has no
+        // subscriber on its new owner is missed (README, "slot migration"):
+        // what alice sees of each visitor is its join and its leave, or
+        // part of them, in order, never twice.
+        let visitors: Vec<String> = (0..10).map(|i| format!("visitor-{i}")).collect();
+        let seen = collect(&mut alice, &visitors, Duration::from_secs(10)).await;
+        for visitor in &visitors {
+            let events: Vec<&str> = seen
+                .get(visitor)
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .collect();
+            assert!(
+                [&["join", "leave"][..], &["join"], &["leave"], &[]].contains(&events.as_slice()),
+                "{visitor}: {events:?}"
+            );
         }
+        let whole = visitors
+            .iter()
+            .filter(|v| seen.get(*v).is_some_and(|e| e.len() == 2))
+            .count();
+        assert!(
+            whole >= 3,
+            "the move misses a moment, not the churn: {seen:?}"
+        );
         assert_eq!(cluster.master_of_key(&key).await, to);
         assert_eq!(members(&cluster, prefix, &group).await, ["alice", "bob"]);
         let late = connect(&b, &group, "late").await;
