@@ -318,7 +318,8 @@ async fn send_once(
         }
         other => {
             sent.failed += items.len() as u64;
-            if other.as_ref().is_err_and(unanswered) {
+            // An answer of the wrong length: Redis ran something.
+            if other.as_ref().map_or_else(unanswered, |_| true) {
                 unconfirmed(items);
             }
             if let Way::Sharded { map, master, .. } = way {
