@@ -177,6 +177,37 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where messages travel between instances, decided once from the
+/// settings (validated by [`Config::validate`]) and handed to the broker
+/// and presence: the one place the hub decides which Redis it runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// One instance; routing, presence and history in this process.
+    Memory,
+    /// Many instances through Redis.
+    Redis(RedisServers),
+}
+
+/// Which Redis servers the instances meet on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisServers {
+    /// One Redis server (`AETHER_REDIS_URL`).
+    Single { url: String },
+    /// A Redis Cluster, found from its seed nodes (`host:port`).
+    Cluster { seeds: Vec<String> },
+}
+
+impl Backend {
+    /// The mode as the start-up log line names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory => "in-memory",
+            Backend::Redis(RedisServers::Single { .. }) => "redis",
+            Backend::Redis(RedisServers::Cluster { .. }) => "redis-cluster",
+        }
+    }
+}
+
 /// What a session needs to know of the configuration.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -291,6 +322,17 @@ impl Config {
         Ok(self)
     }
 
+    /// Where messages travel between instances (after [`Config::validate`]).
+    pub fn backend(&self) -> Backend {
+        match (&self.redis_url, self.redis_cluster.is_empty()) {
+            (Some(url), _) => Backend::Redis(RedisServers::Single { url: url.clone() }),
+            (None, false) => Backend::Redis(RedisServers::Cluster {
+                seeds: self.redis_cluster.clone(),
+            }),
+            (None, true) => Backend::Memory,
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_message_bytes: self.max_message_bytes as usize,
@@ -397,6 +439,17 @@ mod tests {
         assert_eq!(c.redis_cluster, vec!["10.0.0.1:7000", "10.0.0.2:7001"]);
         assert!(c.redis_url.is_none());
         assert!(parse(&[]).unwrap().redis_cluster.is_empty());
+        let seeds = vec!["10.0.0.1:7000".to_owned(), "10.0.0.2:7001".to_owned()];
+        let cluster = Backend::Redis(RedisServers::Cluster { seeds });
+        assert_eq!(c.backend(), cluster);
+    }
+
+    #[test]
+    fn the_backend_follows_the_redis_settings() {
+        assert_eq!(parse(&[]).unwrap().backend(), Backend::Memory);
+        let c = parse(&["--redis-url", "redis://h:1/"]).unwrap();
+        let url = "redis://h:1/".to_owned();
+        assert_eq!(c.backend(), Backend::Redis(RedisServers::Single { url }));
     }
 
     #[test]

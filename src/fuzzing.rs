@@ -230,8 +230,8 @@ fn script_reply(data: &[u8]) {
     let Ok(value) = redis::parse_redis_value(data) else {
         return;
     };
-    let _ = history::redis::numbered(&value);
-    if let Some(batch) = history::redis::parse_batch(value) {
+    let _ = crate::broker::redis::history::numbered(&value);
+    if let Some(batch) = crate::broker::redis::history::parse_batch(value) {
         assert!(
             batch.kept.len() <= data.len(),
             "entries come from the reply"

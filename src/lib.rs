@@ -24,7 +24,6 @@ pub mod outbox;
 pub mod presence;
 pub mod protocol;
 pub mod rate_limit;
-pub mod redis_link;
 pub mod router;
 pub mod server;
 pub mod session;

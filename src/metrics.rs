@@ -12,7 +12,6 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::{MsgType, Target};
-use crate::router::Fanout;
 
 pub const CONNECTIONS_OPEN: &str = "aether_connections_open";
 pub const CONNECTIONS_OPENED: &str = "aether_connections_opened_total";
@@ -336,14 +335,16 @@ pub fn dropped(reason: DropReason, count: u64) {
     }
 }
 
-pub fn dispatched(fanout: Fanout, took: Duration) {
+/// One dispatch: how many sockets got the message, how many overflowed
+/// (they are being dropped as slow consumers), and how long it took.
+pub fn dispatched(delivered: usize, overflowed: usize, took: Duration) {
     if let Some(h) = HANDLES.get() {
-        h.delivered.increment(fanout.delivered as u64);
-        if fanout.overflowed > 0 {
-            h.slow_consumer.increment(fanout.overflowed as u64);
+        h.delivered.increment(delivered as u64);
+        if overflowed > 0 {
+            h.slow_consumer.increment(overflowed as u64);
         }
         h.dispatch.record(took.as_secs_f64());
-        h.fanout.record(fanout.delivered as f64);
+        h.fanout.record(delivered as f64);
     }
 }
 

@@ -151,7 +151,7 @@ impl Router {
                 }
             }
         }
-        metrics::dispatched(fanout, started.elapsed());
+        metrics::dispatched(fanout.delivered, fanout.overflowed, started.elapsed());
         fanout
     }
 }

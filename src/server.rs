@@ -16,14 +16,14 @@ use tokio_util::sync::CancellationToken;
 use warp::Filter;
 
 use crate::auth::Auth;
+use crate::broker::redis::link::{RedisLink, UrlError};
 use crate::broker::RedisBroker;
 use crate::channels::Names;
-use crate::config::Config;
-use crate::http::{self, Api};
+use crate::config::{Backend, Config};
+use crate::http::{self, Api, HEADER_READ_TIMEOUT};
 use crate::hub::Hub;
 use crate::metrics;
 use crate::presence::RedisPresence;
-use crate::redis_link::RedisLink;
 use crate::router::Router;
 use crate::tls::{Tls, TlsError};
 
@@ -35,7 +35,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    RedisUrl(#[from] crate::redis_link::UrlError),
+    RedisUrl(#[from] UrlError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
     #[error(transparent)]
@@ -155,21 +155,15 @@ pub async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// it at `net.core.somaxconn` (4,096 by default since Linux 5.4).
 const ACCEPT_BACKLOG: u32 = 4096;
 
-/// How long a client may take to send its request headers, from the
-/// connection's first read: one that sends nothing, or its headers a byte
-/// at a time (slow loris), is hung up then whatever it sent meanwhile.
-/// Idle keep-alive connections between requests get the same.
-pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// In memory without Redis; otherwise the Redis broker and presence, on
 /// one server or on a cluster (the link tells them apart).
-fn build_hub(config: &Config) -> Result<Arc<Hub>, StartError> {
-    let link = match (&config.redis_url, config.redis_cluster.as_slice()) {
-        (Some(url), _) => RedisLink::new(url)?,
-        (None, []) => return Ok(Hub::in_memory(config.limits())),
-        (None, seeds) => RedisLink::cluster(seeds)?,
+fn build_hub(config: &Config, backend: &Backend) -> Result<Arc<Hub>, StartError> {
+    let servers = match backend {
+        Backend::Memory => return Ok(Hub::in_memory(config.limits())),
+        Backend::Redis(servers) => servers,
     };
-    let link = Arc::new(link);
+    let link = Arc::new(RedisLink::new(servers)?);
     let names = Names::new(config.redis_prefix.clone());
     let router = Arc::new(Router::new());
     let broker = RedisBroker::start(
@@ -192,7 +186,8 @@ impl Server {
             (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
             _ => None,
         };
-        let hub = build_hub(&config)?;
+        let backend = config.backend();
+        let hub = build_hub(&config, &backend)?;
         if auth.is_open() {
             tracing::warn!(
                 "no API keys configured and no token keys: every upgrade is accepted (development mode)"
@@ -223,11 +218,7 @@ impl Server {
                 prometheus.run_upkeep();
             }
         });
-        let mode = match (&config.redis_url, config.redis_cluster.is_empty()) {
-            (Some(_), _) => "redis",
-            (None, false) => "redis-cluster",
-            (None, true) => "in-memory",
-        };
+        let mode = backend.name();
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         tracing::info!(%addr, instance = %config.instance_id, mode, scheme, "aether-hub listening");
         Ok(Server {

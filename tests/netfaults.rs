@@ -23,7 +23,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use aether_hub::redis_link::TIMEOUT as REDIS_TIMEOUT;
+use aether_hub::broker::REDIS_TIMEOUT;
 use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -391,7 +391,7 @@ async fn a_hub_cut_off_longer_than_the_presence_ttl_is_swept_and_comes_back() {
     let cut = lab.cut(Host::HubA, Host::Redis);
     let start = Instant::now();
     // B sweeps A once A's liveness record expires: within the TTL and a
-    // third (README, "Many instances through Redis").
+    // third (docs/redis.md, "How the hub uses Redis").
     let left = presence_event(&mut watcher, (ttl + ttl / 3) * MARGIN + SLACK).await;
     let swept_after = start.elapsed();
     assert_eq!(left, presence("leave", "w1"));

@@ -6,17 +6,18 @@
 //! broker delivers incoming messages into the router. In memory the router
 //! is the whole world; the Redis implementation publishes on Redis and
 //! subscribes channels on one shared pub/sub connection (on a Redis
-//! Cluster, one per shard master: `cluster/`).
+//! Cluster, one per shard master): `redis/`, whose module comment maps
+//! its layers.
 
-mod cluster;
 mod memory;
-mod redis;
+pub(crate) mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
 
-pub use cluster::Slot;
 pub use memory::MemoryBroker;
+pub use redis::link::TIMEOUT as REDIS_TIMEOUT;
+pub use redis::slots::Slot;
 pub use redis::RedisBroker;
 
 use tokio::sync::oneshot;

@@ -17,7 +17,6 @@
 //! carried ([`Dedup`]).
 
 pub mod memory;
-pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -9,6 +9,7 @@ mod upgrade;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Buf;
 use futures_util::{Stream, TryStreamExt};
@@ -224,14 +225,21 @@ impl Api {
     }
 }
 
+/// How long a client may take to send its request headers, from the
+/// connection's first read: one that sends nothing, or its headers a byte
+/// at a time (slow loris), is hung up then whatever it sent meanwhile.
+/// Idle keep-alive connections between requests get the same, and a
+/// request body as long again ([`read_body`]).
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A request body, given as long after the headers as they were given
-/// (`server::HEADER_READ_TIMEOUT`): a body sent a byte at a time (slow
+/// ([`HEADER_READ_TIMEOUT`]): a body sent a byte at a time (slow
 /// loris) gets 408 and the connection is closed. Its length was checked
 /// against the limit already (`Content-Length`).
 async fn read_body(
     body: impl Stream<Item = Result<impl Buf, warp::Error>>,
 ) -> Result<Vec<u8>, Refusal> {
-    let deadline = crate::server::HEADER_READ_TIMEOUT;
+    let deadline = HEADER_READ_TIMEOUT;
     let read = body.try_fold(Vec::new(), |mut all, mut chunk| async move {
         while chunk.has_remaining() {
             let part = chunk.chunk();

@@ -32,9 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Presence, PresenceError};
 use crate::broker::BoxFuture;
 use crate::channels::Names;
-use crate::history::redis::Publish;
 use crate::protocol::{PresenceEvent, VisionId};
-use crate::redis_link::RedisLink;
+use crate::broker::redis::link::RedisLink;
 use store::{Entry, Store};
 
 type Reply = oneshot::Sender<Result<bool, PresenceError>>;
@@ -61,11 +60,7 @@ impl RedisPresence {
         let (ops, queue) = mpsc::unbounded_channel();
         // Subscribed before the link can come up, so no connect is missed.
         let connections = link.connections();
-        let publish = if link.is_cluster() {
-            Publish::Sharded
-        } else {
-            Publish::Classic
-        };
+        let publish = link.publish();
         let worker = Worker {
             link: Arc::clone(&link),
             store: Store::new(names.clone(), instance, ttl, publish),

@@ -34,7 +34,7 @@ use redis::aio::ConnectionLike;
 use redis::RedisResult;
 
 use crate::channels::{Names, Route};
-use crate::history::redis::Publish;
+use crate::broker::redis::link::Publish;
 use crate::metrics;
 use crate::protocol::{self, PresenceEvent, VisionId};
 

@@ -29,7 +29,7 @@ use redis::Value;
 
 use super::repair::{Fetched, Read};
 use super::*;
-use crate::history::redis::{Batch, BATCH};
+use crate::broker::redis::history::{Batch, BATCH};
 use crate::history::{number, Kept, Position};
 use crate::outbox::Outbox;
 use crate::protocol::{id, Origin, PresenceEvent};

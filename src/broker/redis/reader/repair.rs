@@ -12,11 +12,11 @@ use redis::RedisResult;
 
 use super::{dispatch, Fetches, Floor, Reader, Track, FETCHES_IN_FLIGHT};
 use crate::channels::Route;
-use crate::history::redis::{self as history, Batch, Keys, Range, BATCH};
+use crate::broker::redis::history::{self, Batch, Keys, Range, BATCH};
 use crate::history::{position_of, Epoch, Retention};
 use crate::metrics;
 use crate::protocol::Encoded;
-use crate::redis_link::Commands;
+use crate::broker::redis::link::Commands;
 use crate::router::Router;
 
 /// Failed reads of one repair before it is given up.

@@ -9,48 +9,15 @@
 //! unsubscribes a channel itself (its slot moved) and after a shard
 //! connection is lost.
 
-use std::fmt;
 use std::time::Duration;
 
 use redis::Value;
 
 use super::slot::{Slot, SLOTS};
+use crate::broker::redis::link::{NodeAddr, RedisLink};
 
 /// How long one node may take to answer `CLUSTER SHARDS`.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A node's address, as the cluster announces it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl NodeAddr {
-    /// `host:port` (a seed from `AETHER_REDIS_CLUSTER`).
-    pub fn parse(text: &str) -> Option<NodeAddr> {
-        let (host, port) = text.trim().rsplit_once(':')?;
-        let port = port.parse().ok()?;
-        (!host.is_empty()).then(|| NodeAddr {
-            host: host.trim_matches(['[', ']']).to_owned(),
-            port,
-        })
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://{self}/")
-    }
-}
-
-impl fmt::Display for NodeAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
 
 /// Which master serves each slot, and every node heard of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,16 +73,16 @@ impl Topology {
         self.owners.iter().all(Option::is_some)
     }
 
-    /// Asks the known nodes, then `seeds`, until one answers.
-    pub async fn fetch(&self, seeds: &[NodeAddr]) -> Result<Topology, TopologyError> {
+    /// Asks the known nodes, then the link's seeds, until one answers.
+    pub async fn fetch(&self, link: &RedisLink) -> Result<Topology, TopologyError> {
         let mut candidates: Vec<&NodeAddr> = self.masters.iter().collect();
-        candidates.extend(self.nodes.iter().chain(seeds));
+        candidates.extend(self.nodes.iter().chain(link.seeds()));
         let mut asked = std::collections::HashSet::new();
         for addr in candidates {
             if !asked.insert(addr) {
                 continue;
             }
-            let answer = tokio::time::timeout(ASK_TIMEOUT * 2, ask(addr)).await;
+            let answer = tokio::time::timeout(ASK_TIMEOUT * 2, ask(link, addr)).await;
             match answer {
                 Ok(Ok(value)) => match Topology::parse(&value) {
                     Some(t) if !t.masters.is_empty() => return Ok(t),
@@ -167,14 +134,8 @@ impl Topology {
     }
 }
 
-async fn ask(addr: &NodeAddr) -> redis::RedisResult<Value> {
-    let client = redis::Client::open(addr.url())?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(ASK_TIMEOUT)
-        .set_response_timeout(ASK_TIMEOUT);
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
+async fn ask(link: &RedisLink, addr: &NodeAddr) -> redis::RedisResult<Value> {
+    let mut conn = link.open_node(addr, ASK_TIMEOUT).await?;
     redis::cmd("CLUSTER")
         .arg("SHARDS")
         .query_async(&mut conn)
@@ -348,18 +309,6 @@ mod tests {
         let t = Topology::parse(&resp3).expect("parsed");
         assert!(t.is_complete());
         assert_eq!(t.masters()[0].to_string(), "127.0.0.1:7000");
-    }
-
-    #[test]
-    fn seeds_parse() {
-        let a = NodeAddr::parse("10.0.0.1:7000").expect("addr");
-        assert_eq!((a.host.as_str(), a.port), ("10.0.0.1", 7000));
-        assert_eq!(
-            NodeAddr::parse("[::1]:7000").map(|a| a.to_string()),
-            Some("[::1]:7000".into())
-        );
-        assert!(NodeAddr::parse("nowhere").is_none());
-        assert!(NodeAddr::parse(":7000").is_none());
     }
 
     #[test]

@@ -11,10 +11,8 @@
 use std::collections::HashMap;
 
 use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 
-use super::topology::NodeAddr;
-use crate::redis_link::{Commands, TIMEOUT};
+use crate::broker::redis::link::{Commands, NodeAddr, RedisLink, TIMEOUT};
 
 #[derive(Default)]
 pub struct Masters {
@@ -24,18 +22,11 @@ pub struct Masters {
 impl Masters {
     /// The connection to `master`, opened if need be; `None` if it cannot
     /// be reached.
-    pub async fn get(&mut self, master: &NodeAddr) -> Option<Commands> {
+    pub async fn get(&mut self, link: &RedisLink, master: &NodeAddr) -> Option<Commands> {
         if let Some(conn) = self.conns.get(master) {
             return Some(Commands::Single(conn.clone()));
         }
-        let client = redis::Client::open(master.url()).ok()?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(TIMEOUT)
-            .set_response_timeout(TIMEOUT);
-        match client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
+        match link.open_node(master, TIMEOUT).await {
             Ok(conn) => {
                 self.conns.insert(master.clone(), conn.clone());
                 Some(Commands::Single(conn))

@@ -5,7 +5,7 @@
 //! resubscribes across slots in one command (CROSSSLOT) and ignores a
 //! server's own `sunsubscribe`. So each shard gets a plain RESP3
 //! `MultiplexedConnection` whose pushes are sorted here: messages go to the
-//! one reader of every shard (`broker/redis/reader.rs`), and what tells the
+//! one reader of every shard (`broker/redis/reader/`), and what tells the
 //! supervisor something is wrong (a `sunsubscribe` the server sent on its
 //! own because the slot moved, the connection dropping) goes to the
 //! supervisor, tagged with the connection's [`ShardId`] so that news from a
@@ -19,12 +19,11 @@
 use std::collections::HashSet;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Msg, PushInfo, PushKind, RedisResult, Value};
+use redis::{Msg, PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::topology::NodeAddr;
+use crate::broker::redis::link::{NodeAddr, RedisLink};
 use crate::channels::Route;
-use crate::redis_link::TIMEOUT;
 
 /// One connection's identity; a replaced connection's news is stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,23 +58,17 @@ pub struct Shard {
 
 impl Shard {
     pub async fn open(
+        link: &RedisLink,
         id: ShardId,
         addr: NodeAddr,
         messages: UnboundedSender<Msg>,
         alarms: UnboundedSender<Alarm>,
     ) -> RedisResult<Shard> {
-        let client = redis::Client::open(format!("{}?protocol=resp3", addr.url()))?;
         let sort = move |push: PushInfo| -> Result<(), ()> {
             sort_push(id, push, &messages, &alarms);
             Ok(())
         };
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(TIMEOUT)
-            .set_response_timeout(TIMEOUT)
-            .set_push_sender(sort);
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let conn = link.open_node_pushing(&addr, sort).await?;
         Ok(Shard {
             id,
             addr,

@@ -8,7 +8,7 @@
 //!
 //! - [`NUMBER`] runs once per kept message, pipelined with plain publishes:
 //!   it numbers the message, splices `offset` and `epoch` onto its text
-//!   (the same bytes as [`super::number`]), appends it to the stream
+//!   (the same bytes as [`crate::history::number`]), appends it to the stream
 //!   (`MAXLEN` exact), refreshes both expiries and `PUBLISH`es it. One
 //!   script is one atomic step, so Redis decides one order for every
 //!   instance.
@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use redis::{Cmd, RedisResult, Value};
 
-use super::{decide, Epoch, Kept, Position, Recovery, Retention, Since, POSITION_TTL};
+use super::link::{Commands, Publish};
+use crate::history::{decide, Epoch, Kept, Position, Recovery, Retention, Since, POSITION_TTL};
 use crate::protocol::Encoded;
-use crate::redis_link::Commands;
 
 /// A script's source and, once Redis has loaded it, its SHA1.
 pub struct Script {
@@ -245,23 +245,6 @@ pub fn number_cmd(
         .arg(fresh.as_str())
         .arg(publish.command());
     cmd
-}
-
-/// How a channel's messages are published: classic pub/sub on one Redis,
-/// sharded pub/sub on a cluster (PROTOCOL.md section 7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Publish {
-    Classic,
-    Sharded,
-}
-
-impl Publish {
-    pub fn command(self) -> &'static str {
-        match self {
-            Publish::Classic => "PUBLISH",
-            Publish::Sharded => "SPUBLISH",
-        }
-    }
 }
 
 /// Epoch and counter outlive the messages (PROTOCOL.md section 9).

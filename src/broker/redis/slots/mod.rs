@@ -1,20 +1,26 @@
-//! The slot map the cluster broker works from: the last [`Topology`]
-//! read, shared by the supervisor (which refreshes it) and the publisher
-//! (which reads it for every batch, and asks for a refresh when a master
-//! answers `MOVED`/`ASK` or cannot be reached).
+//! Redis Cluster's slots: which slot a channel is in ([`Slot`]), which
+//! master owns each slot ([`Topology`], from `CLUSTER SHARDS`), and the
+//! [`SlotMap`] the cluster broker works from: the last topology read,
+//! shared by the cluster supervisor (which refreshes it) and the
+//! publisher (which reads it for every batch, and asks for a refresh when
+//! a master answers `MOVED`/`ASK` or cannot be reached).
+
+mod slot;
+mod topology;
 
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::Notify;
 
-use super::slot::Slot;
-use super::topology::{NodeAddr, Topology};
+use super::link::NodeAddr;
+pub use slot::Slot;
+pub use topology::Topology;
 
 /// The current slot map, shared by the supervisor (which refreshes it) and
 /// the publisher (which reads it, and asks for a refresh on `MOVED`).
 pub struct SlotMap {
     current: RwLock<Arc<Topology>>,
-    pub(super) stale: Notify,
+    stale: Notify,
 }
 
 impl Default for SlotMap {
@@ -46,14 +52,19 @@ impl SlotMap {
         self.stale.notify_one();
     }
 
-    pub(super) fn get(&self) -> Arc<Topology> {
+    /// Resolves when someone saw the map is out of date.
+    pub async fn stale(&self) {
+        self.stale.notified().await
+    }
+
+    pub fn get(&self) -> Arc<Topology> {
         self.current
             .read()
             .map(|t| Arc::clone(&t))
             .unwrap_or_else(|_| Arc::new(Topology::empty()))
     }
 
-    pub(super) fn set(&self, topology: Topology) {
+    pub fn set(&self, topology: Topology) {
         if let Ok(mut current) = self.current.write() {
             *current = Arc::new(topology);
         }

@@ -62,7 +62,7 @@ use crate::channels::{Names, Route};
 use crate::history::{position_of, Epoch, Retention};
 use crate::metrics;
 use crate::protocol::{self, Encoded};
-use crate::redis_link::Commands;
+use super::link::Commands;
 use crate::router::Router;
 use repair::{End, Fetched, Repair};
 
@@ -86,6 +86,38 @@ pub enum Event {
     /// These routes' subscriptions were lost (one shard connection of a
     /// cluster): they catch up from history once subscribed again.
     Lost(Vec<Route>),
+}
+
+impl Event {
+    fn is_empty(&self) -> bool {
+        match self {
+            Event::Subscribed(r) | Event::Unsubscribed(r) | Event::Lost(r) => r.is_empty(),
+            Event::Settled => false,
+        }
+    }
+}
+
+/// A supervisor's end of the reader's events. Dropping it ends the
+/// reader's run, which hands the reader back.
+pub struct Tell {
+    tx: mpsc::UnboundedSender<Event>,
+    /// The reader tracks routes only with history on.
+    tracking: bool,
+}
+
+impl Tell {
+    /// A new pair of ends, for one run of the reader.
+    pub fn channel(retention: Retention) -> (Tell, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tracking = retention.is_on();
+        (Tell { tx, tracking }, rx)
+    }
+
+    pub fn send(&self, event: Event) {
+        if self.tracking && !event.is_empty() {
+            let _ = self.tx.send(event);
+        }
+    }
 }
 
 pub struct Reader {

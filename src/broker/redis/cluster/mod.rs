@@ -1,19 +1,20 @@
 //! The Redis broker on a Redis Cluster (PROTOCOL.md section 7): sharded
 //! pub/sub, one pub/sub connection per shard master this instance needs.
 //!
-//! Everything but the pub/sub connections is the single-Redis broker's
-//! (`broker/redis.rs`): the router marks routes dirty, the publisher
-//! pipelines publishes (here split by master, `SPUBLISH`), one reader
-//! dispatches every shard's messages and repairs gaps from history, and
-//! joins wait for confirmation. This module's [`Supervisor`] replaces the
-//! single-Redis supervisor:
+//! Everything but the pub/sub connections is shared with the single-Redis
+//! broker (`broker/redis/`): the router marks routes dirty, the plan
+//! decides what to (un)subscribe, the publisher pipelines publishes (here
+//! split by master, `SPUBLISH`), one reader dispatches every shard's
+//! messages and repairs gaps from history, and joins wait for
+//! confirmation. This module's [`Supervisor`] stands beside the
+//! single-Redis one (`single.rs`):
 //!
 //! - The slot map ([`SlotMap`], from `CLUSTER SHARDS`) is refreshed on a
 //!   timer, when a publish or subscribe is answered `MOVED`/`ASK`, when a
 //!   node unsubscribes one of our channels itself (its slot moved), and
 //!   after a shard connection is lost; after each refresh, a shard whose
 //!   channels now belong to another master is rebuilt.
-//! - Reconciliation is the single-Redis one, per shard: a dirty route's
+//! - Reconciliation is the shared plan (`plan.rs`), per shard: a dirty route's
 //!   channel goes to the master of its slot; each `SSUBSCRIBE` names one
 //!   channel (a multi-slot `SSUBSCRIBE` is refused with CROSSSLOT, and
 //!   [`shard`] says why not even several of one slot), pipelined per
@@ -43,11 +44,7 @@
 //! messages (one to every other node), 1,000 `SPUBLISH`es made 1,000 (to
 //! the shard's replica only); the gap grows with the cluster.
 
-mod masters;
 mod shard;
-mod slot;
-mod slot_map;
-mod topology;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -57,22 +54,17 @@ use std::time::{Duration, Instant};
 use redis::Msg;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
-use super::redis::reader::{Event, Reader};
-use super::redis::{
-    jitter, timed, Subscriptions, BACKOFF_MAX, BACKOFF_MIN, BATCH, PROBE_EVERY, RECONCILE_EVERY,
-    UNSUBSCRIBE_AFTER,
-};
+use super::history;
+use super::link::{timed, Backoff, Commands, NodeAddr, RedisLink, PROBE_EVERY};
+use super::plan::{Unsubscribes, BATCH, RECONCILE_EVERY};
+use super::reader::{Event, Reader, Tell};
+use super::slots::{Slot, SlotMap};
+use super::subscriptions::Subscriptions;
 use crate::channels::{Names, Route};
-use crate::history::redis as history;
 use crate::history::Retention;
 use crate::metrics;
-use crate::redis_link::{Commands, RedisLink};
 use crate::router::Router;
-pub use masters::Masters;
 use shard::{Alarm, Answer, Shard, ShardId};
-pub use slot::Slot;
-pub use slot_map::SlotMap;
-pub use topology::NodeAddr;
 
 /// How often the slot map is read again without a reason.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
@@ -86,21 +78,19 @@ pub struct Supervisor {
     retention: Retention,
     subs: Arc<Subscriptions>,
     map: Arc<SlotMap>,
-    seeds: Vec<NodeAddr>,
     /// Whether the last refresh of the slot map worked.
     mapped: bool,
     shards: HashMap<NodeAddr, Shard>,
     next_shard: u64,
     /// Where each confirmed route is subscribed.
     placed: HashMap<Route, NodeAddr>,
-    /// Unwanted but still subscribed routes, with the time they became so.
-    pending_unsubscribe: HashMap<Route, Instant>,
+    unsubscribes: Unsubscribes,
     /// Wanted routes not subscribed because their master is out of reach.
     failing: HashSet<Route>,
     messages: UnboundedSender<Msg>,
     alarms: UnboundedSender<Alarm>,
     /// Tells the reader what was (un)subscribed or lost.
-    events: UnboundedSender<Event>,
+    tell: Tell,
     /// Taken by [`Supervisor::run`].
     inboxes: Option<Inboxes>,
 }
@@ -120,14 +110,9 @@ impl Supervisor {
         subs: Arc<Subscriptions>,
         map: Arc<SlotMap>,
     ) -> Supervisor {
-        let seeds = link
-            .seeds()
-            .iter()
-            .filter_map(|s| NodeAddr::parse(s))
-            .collect();
         let (messages, messages_rx) = mpsc::unbounded_channel();
         let (alarms, alarms_rx) = mpsc::unbounded_channel();
-        let (events, events_rx) = mpsc::unbounded_channel();
+        let (tell, events_rx) = Tell::channel(retention);
         // Not ready before the first subscriptions.
         subs.impaired.store(true, Ordering::Release);
         Supervisor {
@@ -137,16 +122,15 @@ impl Supervisor {
             retention,
             subs,
             map,
-            seeds,
             mapped: false,
             shards: HashMap::new(),
             next_shard: 0,
             placed: HashMap::new(),
-            pending_unsubscribe: HashMap::new(),
+            unsubscribes: Unsubscribes::default(),
             failing: HashSet::new(),
             messages,
             alarms,
-            events,
+            tell,
             inboxes: Some(Inboxes {
                 messages: messages_rx,
                 alarms: alarms_rx,
@@ -176,7 +160,7 @@ impl Supervisor {
                 _ = tick.tick() => self.reconcile().await,
                 _ = probe.tick() => self.probe().await,
                 _ = refresh.tick() => self.refresh().await,
-                _ = map.stale.notified() => self.refresh().await,
+                _ = map.stale() => self.refresh().await,
                 Some(alarm) = alarms.recv() => self.on_alarm(alarm).await,
             }
             let impaired = !self.mapped || !self.failing.is_empty();
@@ -190,7 +174,7 @@ impl Supervisor {
     /// The command connection (scripts loaded) and a first slot map; tries
     /// until both work.
     async fn connect(&mut self) -> Commands {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         let mut attempts = 0u64;
         loop {
             match self.try_connect().await {
@@ -201,14 +185,13 @@ impl Supervisor {
                     return command;
                 }
                 Err(e) => {
-                    if attempts == 0 || backoff == BACKOFF_MAX {
+                    if attempts == 0 || backoff.at_max() {
                         tracing::warn!("Redis Cluster unreachable ({e}); retrying");
                     }
                 }
             }
             attempts += 1;
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff.wait().await;
         }
     }
 
@@ -230,7 +213,7 @@ impl Supervisor {
     /// Reads the slot map again; rebuilds the shards whose channels moved.
     async fn refresh(&mut self) {
         let current = self.map.get();
-        match current.fetch(&self.seeds).await {
+        match current.fetch(&self.link).await {
             Ok(topology) => {
                 self.mapped = true;
                 if !topology.is_complete() {
@@ -340,7 +323,7 @@ impl Supervisor {
         let routes: Vec<Route> = shard.routes.into_iter().collect();
         for route in &routes {
             self.placed.remove(route);
-            self.pending_unsubscribe.remove(route);
+            self.unsubscribes.forget(route);
         }
         self.subs.confirm(&routes, false);
         let (wanted, unwanted): (Vec<Route>, Vec<Route>) =
@@ -351,31 +334,22 @@ impl Supervisor {
         self.tell(Event::Lost(wanted));
     }
 
-    /// Brings the shards' subscriptions in line with the router for every
-    /// dirty route (and every route that failed before), and sends the
-    /// unsubscribes that are due.
+    /// Carries out the plan for every dirty route (and every route that
+    /// failed before), shard by shard.
     async fn reconcile(&mut self) {
         let mut dirty = self.subs.take_dirty();
         dirty.extend(self.failing.iter().cloned());
-        let now = Instant::now();
-        let mut subscribe = Vec::new();
-        for route in dirty {
-            let wanted = self.router.wants(&route);
-            let confirmed = self.placed.contains_key(&route);
-            if wanted {
-                self.pending_unsubscribe.remove(&route);
-                if !confirmed {
-                    subscribe.push(route);
-                }
-            } else {
-                self.failing.remove(&route);
-                if confirmed {
-                    self.pending_unsubscribe.entry(route).or_insert(now);
-                }
-            }
-        }
-        self.subscribe(subscribe).await;
-        self.unsubscribe_due(now).await;
+        let router = &self.router;
+        self.failing.retain(|r| router.wants(r));
+        let placed = &self.placed;
+        let plan = self.unsubscribes.plan(
+            dirty,
+            |r| router.wants(r),
+            |r| placed.contains_key(r),
+            Instant::now(),
+        );
+        self.subscribe(plan.subscribe).await;
+        self.unsubscribe(plan.unsubscribe).await;
         self.close_idle();
     }
 
@@ -457,6 +431,7 @@ impl Supervisor {
         self.next_shard += 1;
         let id = ShardId(self.next_shard);
         let opening = Shard::open(
+            &self.link,
             id,
             master.clone(),
             self.messages.clone(),
@@ -469,19 +444,9 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn unsubscribe_due(&mut self, now: Instant) {
-        let due: Vec<Route> = self
-            .pending_unsubscribe
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= UNSUBSCRIBE_AFTER)
-            .map(|(route, _)| route.clone())
-            .collect();
+    async fn unsubscribe(&mut self, routes: Vec<Route>) {
         let mut by_shard: HashMap<NodeAddr, Vec<Route>> = HashMap::new();
-        for route in due {
-            self.pending_unsubscribe.remove(&route);
-            if self.router.wants(&route) {
-                continue;
-            }
+        for route in routes {
             if let Some(addr) = self.placed.get(&route) {
                 by_shard.entry(addr.clone()).or_default().push(route);
             }
@@ -523,14 +488,7 @@ impl Supervisor {
         });
     }
 
-    /// Tells the reader, which tracks routes only with history on.
     fn tell(&self, event: Event) {
-        let empty = match &event {
-            Event::Subscribed(r) | Event::Unsubscribed(r) | Event::Lost(r) => r.is_empty(),
-            Event::Settled => false,
-        };
-        if self.retention.is_on() && !empty {
-            let _ = self.events.send(event);
-        }
+        self.tell.send(event);
     }
 }

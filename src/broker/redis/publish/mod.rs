@@ -26,6 +26,8 @@
 //! answer came too late) may have been run: its receipt says so
 //! ([`BrokerError::Unconfirmed`]) rather than that it was not published.
 
+mod masters;
+
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -35,13 +37,14 @@ use redis::aio::ConnectionLike;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::cluster::{Masters, NodeAddr, Slot, SlotMap};
+use super::history::{self, Invoke, Keys, Numbering};
+use super::link::{Commands, NodeAddr, Publish, RedisLink};
+use super::slots::{Slot, SlotMap};
 use crate::broker::BrokerError;
-use crate::history::redis::{self as history, Invoke, Keys, Numbering, Publish};
 use crate::history::{Epoch, Position, Retention};
 use crate::metrics::{self, DropReason};
 use crate::protocol::Encoded;
-use crate::redis_link::{Commands, RedisLink};
+use masters::Masters;
 
 /// Pipelines awaiting Redis's answer at once.
 const PIPELINES_IN_FLIGHT: usize = 16;
@@ -115,7 +118,7 @@ pub async fn run(
                                 }
                             }
                             let direct = match &master {
-                                Some(master) => match masters.get(master).await {
+                                Some(master) => match masters.get(&link, master).await {
                                     Some(direct) => Some(direct),
                                     None => {
                                         map.moved();

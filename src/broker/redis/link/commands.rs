@@ -1,0 +1,62 @@
+//! The command connection every part of the hub shares (publishes,
+//! scripts, presence), whatever Redis is behind it, and which command
+//! publishes on it.
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// Cheap to clone: clones share the connection. Presence and history code
+/// is written once against [`ConnectionLike`] (a pipeline on a cluster
+/// must stay within one slot).
+#[derive(Clone)]
+pub enum Commands {
+    Single(MultiplexedConnection),
+    /// Routes by key slot to the owning master; follows `MOVED`/`ASK`.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Commands::Single(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Commands::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Single(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How a channel's messages are published: classic pub/sub on one Redis,
+/// sharded pub/sub on a cluster (PROTOCOL.md section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    Classic,
+    Sharded,
+}
+
+impl Publish {
+    pub fn command(self) -> &'static str {
+        match self {
+            Publish::Classic => "PUBLISH",
+            Publish::Sharded => "SPUBLISH",
+        }
+    }
+}
