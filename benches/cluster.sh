@@ -10,7 +10,7 @@
 # spread over the masters come out of the same runs. Single and cluster
 # alternate within each of ROUNDS rounds (the first rotating). Last, the
 # Redis cost of one message apart from the hub (cost_model), for the
-# capacity estimate in BENCHMARKS.md.
+# capacity estimate in docs/benchmarks/cluster.md.
 #
 #   benches/cluster.sh [ROUNDS]     (default 3)
 #

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reproduces the table of BENCHMARKS.md: the hub and the bare fan-out
-# floor driven by aether-load in the same run, in memory and through Redis.
+# Reproduces the table of issue 4 (docs/benchmarks/: fanout.md, redis.md,
+# connects.md, memory.md): the hub and the bare fan-out floor driven by
+# aether-load in the same run, in memory and through Redis.
 # Loopback only; every step is bounded in time. Prints one line per figure
 # and writes the raw JSON reports to target/bench-results/.
 #

@@ -336,7 +336,7 @@ mod hubs {
         let slot = cluster.slot_of(&key).await;
         tokio::join!(cluster.migrate_slot(slot, from, to), churn);
         // An event published in the moment the group's channel has no
-        // subscriber on its new owner is missed (README, "slot migration"):
+        // subscriber on its new owner is missed (docs/redis.md, "Slot migration"):
         // what alice sees of each visitor is its join and its leave, or
         // part of them, in order, never twice.
         let visitors: Vec<String> = (0..10).map(|i| format!("visitor-{i}")).collect();
@@ -522,7 +522,7 @@ mod hubs {
     /// connection for that channel is rebuilt on the new owner. Presence
     /// events are not kept (PROTOCOL.md section 9), so one published in the
     /// moment the channel has no subscriber on its new owner is missed, as
-    /// during a single Redis's reconnect (README, "On a Redis Cluster"); but
+    /// during a single Redis's reconnect (docs/redis.md, "Slot migration"); but
     /// none is ever seen twice or out of order, the SET is exact, and once
     /// the slot has moved every join and leave is announced once again.
     #[tokio::test]

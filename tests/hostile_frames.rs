@@ -302,7 +302,7 @@ async fn huge_numbers_are_refused_4000() {
 /// Text that is not UTF-8, in a whole frame or in one fragment of many: a
 /// schema error, 4000 "text frame is not valid UTF-8", as PROTOCOL.md
 /// section 2 ("a frame that is not valid UTF-8 JSON … close code 4000") and
-/// README ("text that is not UTF-8 are schema errors (4000)") say, not
+/// docs/behaviour.md ("text that is not UTF-8 are schema errors (4000)") say, not
 /// RFC 6455's generic 1007. Nothing reaches the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_is_closed_4000() {

@@ -1,5 +1,5 @@
 //! The load tool runs its scenarios and reports consistent numbers on a
-//! tiny load. Figures themselves are benchmarks (BENCHMARKS.md), never
+//! tiny load. Figures themselves are benchmarks (docs/benchmarks/), never
 //! asserted here.
 
 mod support;

@@ -74,14 +74,17 @@ fn invalid_configuration_stops_start_up_with_a_message() {
 fn help_lists_every_setting() {
     let out = Command::new(BIN).arg("--help").output().expect("run");
     let help = String::from_utf8_lossy(&out.stdout);
-    // The README's configuration table, one row per setting.
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+    // The configuration table of docs/running.md, one row per setting.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/running.md"))
+        .expect("docs/running.md");
     let documented: Vec<&str> = readme
         .lines()
         .filter_map(|line| line.strip_prefix("| `AETHER_")?.split('`').next())
         .collect();
-    assert!(documented.len() >= 28, "the README's table: {documented:?}");
+    assert!(
+        documented.len() >= 28,
+        "the table of docs/running.md: {documented:?}"
+    );
     for var in &documented {
         assert!(
             help.contains(&format!("AETHER_{var}")),
@@ -92,7 +95,7 @@ fn help_lists_every_setting() {
     for var in named.filter_map(|word| word.strip_prefix("AETHER_")) {
         assert!(
             documented.contains(&var),
-            "AETHER_{var} missing from the README's table"
+            "AETHER_{var} missing from the table of docs/running.md"
         );
     }
     assert!(
