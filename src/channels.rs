@@ -1,11 +1,11 @@
-//! Routes and the Redis names they map to (PROTOCOL.md sections 3 and 4).
+//! Routes and the Redis names they map to (docs/protocol.md sections 3 and 4).
 //!
 //! A [`Route`] is what a socket listens on and what a message is sent to.
 //! [`Names`] turns routes into channel names and back, and builds presence
 //! keys, all under the configured prefix: Redis pub/sub ignores database
 //! numbers, so the prefix is the only isolation between environments.
 //!
-//! History keys (PROTOCOL.md section 9), one pair per route, hash-tagged by
+//! History keys (docs/protocol.md section 9), one pair per route, hash-tagged by
 //! the route's full channel name so that both live in the channel's Redis
 //! Cluster slot and one script can touch them (other services may read
 //! them; they are part of the hub's documented surface):

@@ -1,5 +1,5 @@
 //! Why a session ended, and the close code each reason becomes
-//! (PROTOCOL.md section 6). The only place close codes are decided.
+//! (docs/protocol.md section 6). The only place close codes are decided.
 
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;

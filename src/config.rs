@@ -97,7 +97,7 @@ pub struct Config {
     pub max_sockets_per_client: u32,
 
     /// Kept `msg`/`cmd` messages per route, for recovery on reconnect and
-    /// gap repair (PROTOCOL.md section 9); 0 turns history off.
+    /// gap repair (docs/protocol.md section 9); 0 turns history off.
     #[arg(long, env = "AETHER_HISTORY_SIZE", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub history_size: u32,

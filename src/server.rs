@@ -155,7 +155,6 @@ pub async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// it at `net.core.somaxconn` (4,096 by default since Linux 5.4).
 const ACCEPT_BACKLOG: u32 = 4096;
 
-
 /// In memory without Redis; otherwise the Redis broker and presence, on
 /// one server or on a cluster (the link tells them apart).
 fn build_hub(config: &Config, backend: &Backend) -> Result<Arc<Hub>, StartError> {

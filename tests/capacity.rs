@@ -1,4 +1,4 @@
-//! Capacity limits (PROTOCOL.md section 1): an instance at its connection
+//! Capacity limits (docs/protocol.md section 1): an instance at its connection
 //! limit answers 503 before doing any work and stays ready; a client at
 //! its per-instance socket limit gets 429; both are counted by reason.
 

@@ -1,4 +1,4 @@
-//! Every close code of PROTOCOL.md section 6 except 1001 (see
+//! Every close code of docs/protocol.md section 6 except 1001 (see
 //! shutdown.rs), each provoked the way a real client would provoke it.
 
 mod support;

@@ -1,4 +1,4 @@
-//! Many instances through a real Redis Cluster (PROTOCOL.md section 7):
+//! Many instances through a real Redis Cluster (docs/protocol.md section 7):
 //! six redis-server processes (three masters, three replicas) shared by
 //! the tests of this binary, two or three hubs with `AETHER_REDIS_CLUSTER`,
 //! and Redis itself asked what the hubs did: which connections each master

@@ -1,4 +1,4 @@
-//! Presence on a real Redis Cluster (PROTOCOL.md sections 4 and 7): six
+//! Presence on a real Redis Cluster (docs/protocol.md sections 4 and 7): six
 //! redis-server processes (three masters, three replicas), hub binaries
 //! started with `AETHER_REDIS_CLUSTER`, and Redis itself asked who is
 //! online. The first test proves the cluster harness the other cluster
@@ -416,7 +416,7 @@ mod hubs {
         seen
     }
 
-    /// PROTOCOL.md section 4 on a cluster, under churn: observers on both
+    /// docs/protocol.md section 4 on a cluster, under churn: observers on both
     /// instances, in groups on every master, see exactly one join and one
     /// leave per client (join first, within a bounded time, never twice),
     /// whether the client's sockets are on one instance or on both.
@@ -520,7 +520,7 @@ mod hubs {
     /// The slot of a group's *channel* moves to another master while
     /// clients come and go on both instances: each instance's shard
     /// connection for that channel is rebuilt on the new owner. Presence
-    /// events are not kept (PROTOCOL.md section 9), so one published in the
+    /// events are not kept (docs/protocol.md section 9), so one published in the
     /// moment the channel has no subscriber on its new owner is missed, as
     /// during a single Redis's reconnect (docs/redis.md, "Slot migration"); but
     /// none is ever seen twice or out of order, the SET is exact, and once

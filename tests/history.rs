@@ -1,4 +1,4 @@
-//! History and recovery on one in-memory hub (PROTOCOL.md section 9), with
+//! History and recovery on one in-memory hub (docs/protocol.md section 9), with
 //! real WebSocket clients: offsets and epochs, resuming with `since_*`,
 //! whole-or-nothing replays, sender exclusion, TTL and size limits, the
 //! history-off answers, and a reconnect storm. Redis mode is in

@@ -1,4 +1,4 @@
-//! History and recovery in Redis mode (PROTOCOL.md section 9): real
+//! History and recovery in Redis mode (docs/protocol.md section 9): real
 //! redis-server processes, two hub instances, real WebSocket clients.
 //! Numbering is one order for every instance and sender; a socket resumes
 //! on any instance; an instance whose pub/sub connection blips, or whose

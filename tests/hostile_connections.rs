@@ -15,7 +15,7 @@
 //! process gave back what the attack cost it (file descriptors, memory,
 //! threads, `aether_connections_open`, tasks alive, read from `/proc/<pid>` and
 //! `/metrics`). Healthy latency (p99) and the resource figures are printed,
-//! never asserted as times. Close codes are those of PROTOCOL.md section 6;
+//! never asserted as times. Close codes are those of docs/protocol.md section 6;
 //! `close_codes.rs` provokes each of them the ordinary way.
 //!
 //! One attack runs at a time (see [`one_at_a_time`]), every loop is bounded

@@ -14,7 +14,7 @@
 //! process gave back what the attack cost it (file descriptors, memory,
 //! threads, `aether_connections_open`, tasks alive, read from `/proc/<pid>` and
 //! `/metrics`). Healthy latency (p99) and the resource figures are printed,
-//! never asserted as times. Close codes are those of PROTOCOL.md section 6;
+//! never asserted as times. Close codes are those of docs/protocol.md section 6;
 //! `close_codes.rs` provokes each of them the ordinary way.
 //!
 //! One attack runs at a time (see [`one_at_a_time`]), every loop is bounded
@@ -300,7 +300,7 @@ async fn huge_numbers_are_refused_4000() {
 }
 
 /// Text that is not UTF-8, in a whole frame or in one fragment of many: a
-/// schema error, 4000 "text frame is not valid UTF-8", as PROTOCOL.md
+/// schema error, 4000 "text frame is not valid UTF-8", as docs/protocol.md
 /// section 2 ("a frame that is not valid UTF-8 JSON … close code 4000") and
 /// docs/behaviour.md ("text that is not UTF-8 are schema errors (4000)") say, not
 /// RFC 6455's generic 1007. Nothing reaches the group.

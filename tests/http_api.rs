@@ -1,4 +1,4 @@
-//! The HTTP surface (PROTOCOL.md sections 1 and 5): every status the
+//! The HTTP surface (docs/protocol.md sections 1 and 5): every status the
 //! contract names, for the upgrade and for the HTTP routes.
 
 mod support;

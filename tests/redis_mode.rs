@@ -1,4 +1,4 @@
-//! Many instances through one Redis (PROTOCOL.md sections 3, 4 and 7):
+//! Many instances through one Redis (docs/protocol.md sections 3, 4 and 7):
 //! real redis-server processes, at least two hubs, senders and receivers on
 //! different instances. Redis itself is asked what the hubs did.
 

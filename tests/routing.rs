@@ -1,4 +1,4 @@
-//! Routing over real sockets (PROTOCOL.md sections 2 to 4): every target,
+//! Routing over real sockets (docs/protocol.md sections 2 to 4): every target,
 //! sender exclusion, several sockets per client, ordering, heartbeats,
 //! presence queries and events.
 

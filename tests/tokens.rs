@@ -1,4 +1,4 @@
-//! Identity tokens (PROTOCOL.md section 8) over real sockets: every claim
+//! Identity tokens (docs/protocol.md section 8) over real sockets: every claim
 //! rule accepted and refused, the three places a token travels, keys and
 //! tokens together, capabilities per frame, expiry of an open socket, the
 //! HTTP API with tokens, and two instances through Redis.

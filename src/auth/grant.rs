@@ -1,4 +1,4 @@
-//! What a verified identity token allows (PROTOCOL.md section 8): one
+//! What a verified identity token allows (docs/protocol.md section 8): one
 //! client, some groups, some capabilities, until a deadline.
 //!
 //! A [`Grant`] is decided once, at the upgrade. What the session keeps of

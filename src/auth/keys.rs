@@ -1,4 +1,4 @@
-//! Shared API keys (PROTOCOL.md section 1): "a trusted party", compared in
+//! Shared API keys (docs/protocol.md section 1): "a trusted party", compared in
 //! constant time, never logged.
 
 use subtle::ConstantTimeEq;

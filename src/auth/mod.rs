@@ -1,4 +1,4 @@
-//! Who may connect and what they may do (PROTOCOL.md sections 1 and 8).
+//! Who may connect and what they may do (docs/protocol.md sections 1 and 8).
 //!
 //! [`Credentials`] are what a request carries (an API key, a token), taken
 //! from the request in one place. [`Auth`] checks them against what the hub
@@ -226,7 +226,7 @@ impl Auth {
         self.tokens.is_some()
     }
 
-    /// Checks what a request carries (PROTOCOL.md section 8, "Which
+    /// Checks what a request carries (docs/protocol.md section 8, "Which
     /// credential is needed"): a valid key or a valid token, of the kinds
     /// configured.
     pub fn check(&self, given: &Credentials<'_>) -> Result<Access, AuthError> {

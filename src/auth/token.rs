@@ -1,4 +1,4 @@
-//! Verifying identity tokens (PROTOCOL.md section 8): JWTs signed by the
+//! Verifying identity tokens (docs/protocol.md section 8): JWTs signed by the
 //! application's backend with an HMAC secret (HS256) or a private key whose
 //! public half is in the JWKS file (RS256, ES256, EdDSA).
 //!

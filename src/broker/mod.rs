@@ -39,7 +39,7 @@ pub enum BrokerError {
     Unconfirmed,
 }
 
-/// Whether a published message is kept in history (PROTOCOL.md section
+/// Whether a published message is kept in history (docs/protocol.md section
 /// 9): numbered, stored, and delivered with its `offset` and `epoch`.
 /// With history off, `Yes` is `No`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

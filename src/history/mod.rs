@@ -1,4 +1,4 @@
-//! History and recovery (PROTOCOL.md section 9): what a route's kept
+//! History and recovery (docs/protocol.md section 9): what a route's kept
 //! messages are called and how a reconnecting socket names where it left
 //! off.
 //!

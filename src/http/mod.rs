@@ -1,4 +1,4 @@
-//! The HTTP surface (PROTOCOL.md sections 1, 5 and 8) as warp routes: the
+//! The HTTP surface (docs/protocol.md sections 1, 5 and 8) as warp routes: the
 //! WebSocket upgrade (`upgrade.rs`), health, readiness, metrics, presence
 //! and publish, plus the web console's routes ([`crate::console`]). Every
 //! refusal is a [`Refusal`] (`refusal.rs`).

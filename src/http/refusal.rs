@@ -1,7 +1,7 @@
 //! Why a request was refused, as an HTTP status and a short reason: the one
 //! place where errors become statuses (close codes are `close.rs`).
 //!
-//! Upgrades get the reason as plain text (PROTOCOL.md section 1), the HTTP
+//! Upgrades get the reason as plain text (docs/protocol.md section 1), the HTTP
 //! API as a JSON `{"error": …}` body. Reasons never quote a credential.
 
 use http::StatusCode;

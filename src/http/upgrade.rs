@@ -1,4 +1,4 @@
-//! The WebSocket upgrade (PROTOCOL.md sections 1 and 8): the checks, in
+//! The WebSocket upgrade (docs/protocol.md sections 1 and 8): the checks, in
 //! order, then the `101` once the socket's routes are live.
 //!
 //! Checks, cheapest and least revealing first: capacity (503), `Origin`

@@ -1,4 +1,4 @@
-//! Presence: which client_ids are online in each group (PROTOCOL.md
+//! Presence: which client_ids are online in each group (docs/protocol.md
 //! section 4).
 //!
 //! A client is online in a group while at least one of its sockets in that

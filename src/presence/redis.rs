@@ -1,7 +1,7 @@
 //! Presence across instances, in Redis or Redis Cluster, safe against
 //! instances that die without cleaning up.
 //!
-//! Public view (PROTOCOL.md section 4): `{prefix}ws:presence:group:{g}` is
+//! Public view (docs/protocol.md section 4): `{prefix}ws:presence:group:{g}` is
 //! the SET of client_ids online in group g. Behind it:
 //! - `…holders:{<public key>}:{client}`: the SET of instances holding that
 //!   client, in the public SET's slot; the client leaves the public SET
@@ -30,10 +30,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Presence, PresenceError};
+use crate::broker::redis::link::RedisLink;
 use crate::broker::BoxFuture;
 use crate::channels::Names;
 use crate::protocol::{PresenceEvent, VisionId};
-use crate::broker::redis::link::RedisLink;
 use store::{Entry, Store};
 
 type Reply = oneshot::Sender<Result<bool, PresenceError>>;

@@ -1,4 +1,4 @@
-//! The V3 wire contract (PROTOCOL.md section 2): message types, parsing,
+//! The V3 wire contract (docs/protocol.md section 2): message types, parsing,
 //! validation and normalisation, in one place.
 //!
 //! A frame is parsed once, at the edge, into a [`Message`] that borrows from
@@ -169,7 +169,7 @@ struct Incoming<'a> {
     sent_at: Option<Str<'a>>,
 }
 
-/// Parses, validates and normalises one frame (PROTOCOL.md section 2).
+/// Parses, validates and normalises one frame (docs/protocol.md section 2).
 pub fn parse<'a>(text: &'a str, origin: Origin<'a>) -> Result<Message<'a>, FrameError> {
     let raw: Incoming<'a> = serde_json::from_str(text).map_err(|e| schema(describe(&e)))?;
     for value in [raw.cmd, raw.msg, raw.payload].into_iter().flatten() {
@@ -396,7 +396,7 @@ pub fn presence_event(event: PresenceEvent, group: &VisionId, client: &VisionId)
     )
 }
 
-/// The summary that ends a socket's recovery (PROTOCOL.md section 9):
+/// The summary that ends a socket's recovery (docs/protocol.md section 9):
 /// `routes` maps each route kind asked for to its outcome.
 pub fn recovery_summary(
     client: &VisionId,

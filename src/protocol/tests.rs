@@ -1,4 +1,4 @@
-//! Table-driven checks of every rule of PROTOCOL.md section 2.
+//! Table-driven checks of every rule of docs/protocol.md section 2.
 
 use super::*;
 

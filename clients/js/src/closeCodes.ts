@@ -1,4 +1,4 @@
-// closeCodes.ts: what the client does after a close code (PROTOCOL.md section 6) or,
+// closeCodes.ts: what the client does after a close code (docs/protocol.md section 6) or,
 // where the WebSocket implementation shows it (Node `ws`), a refused upgrade's HTTP status.
 
 import type { AetherErrorCode } from "./errors.js";

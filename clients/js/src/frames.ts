@@ -15,7 +15,7 @@ export interface Body {
   sentAt?: string;
 }
 
-/** A message as the hub delivers it (PROTOCOL.md section 2, plus section 9's offset/epoch). */
+/** A message as the hub delivers it (docs/protocol.md section 2, plus section 9's offset/epoch). */
 export interface Message {
   version: "3";
   msg_type: MsgType;
@@ -121,7 +121,7 @@ const LONE_SURROGATE_REASON = "holds a lone UTF-16 surrogate (half of a characte
 const MAX_DEPTH = 120;
 
 /**
- * What JSON.stringify writes but the hub refuses with 4000 (PROTOCOL.md
+ * What JSON.stringify writes but the hub refuses with 4000 (docs/protocol.md
  * section 2, read strictly): a lone surrogate in a string or key, nesting
  * past the hub's limit. Numbers need no check: JSON.stringify writes a
  * non-finite one as null. Iterative, so a cycle ends at the depth limit.

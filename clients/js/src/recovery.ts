@@ -1,4 +1,4 @@
-// recovery.ts: recovery positions (PROTOCOL.md section 9): epoch + highest offset per route,
+// recovery.ts: recovery positions (docs/protocol.md section 9): epoch + highest offset per route,
 // the since_* query parameters, duplicate detection by offset, and reading the hub's summary.
 
 import type { Message } from "./frames.js";

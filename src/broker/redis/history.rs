@@ -247,7 +247,7 @@ pub fn number_cmd(
     cmd
 }
 
-/// Epoch and counter outlive the messages (PROTOCOL.md section 9).
+/// Epoch and counter outlive the messages (docs/protocol.md section 9).
 fn position_ttl(retention: Retention) -> Duration {
     POSITION_TTL.max(retention.ttl)
 }

@@ -219,4 +219,3 @@ impl Broker for RedisBroker {
         self.link.is_up() && !self.subs.impaired.load(Ordering::Acquire)
     }
 }
-

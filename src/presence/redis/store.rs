@@ -1,5 +1,5 @@
 //! Presence's Redis commands, each within one Redis Cluster slot, so the
-//! same code runs on one Redis and on a cluster (PROTOCOL.md section 7).
+//! same code runs on one Redis and on a cluster (docs/protocol.md section 7).
 //!
 //! A group's public SET and its clients' holders SETs share a slot (the
 //! holders keys are hash-tagged with the public key's name, see
@@ -33,8 +33,8 @@ use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 use redis::RedisResult;
 
-use crate::channels::{Names, Route};
 use crate::broker::redis::link::Publish;
+use crate::channels::{Names, Route};
 use crate::metrics;
 use crate::protocol::{self, PresenceEvent, VisionId};
 

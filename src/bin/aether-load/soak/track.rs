@@ -1,5 +1,5 @@
 //! What one soak socket has seen of its routes, and how it judges each
-//! kept message and recovery summary (PROTOCOL.md section 9).
+//! kept message and recovery summary (docs/protocol.md section 9).
 //!
 //! Per route the socket keeps the epoch and the highest offset it saw:
 //! - the next offset of that epoch is in order;

@@ -1,4 +1,4 @@
-//! The Redis broker on a Redis Cluster (PROTOCOL.md section 7): sharded
+//! The Redis broker on a Redis Cluster (docs/protocol.md section 7): sharded
 //! pub/sub, one pub/sub connection per shard master this instance needs.
 //!
 //! Everything but the pub/sub connections is shared with the single-Redis

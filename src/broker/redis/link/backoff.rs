@@ -71,7 +71,10 @@ mod tests {
         let bases = [100, 200, 400, 800, 1600, 3200, 5000, 5000];
         for (wait, base) in waits.iter().zip(bases) {
             let base = Duration::from_millis(base);
-            assert!(*wait >= base / 2 && *wait <= base * 3 / 2, "{wait:?} for {base:?}");
+            assert!(
+                *wait >= base / 2 && *wait <= base * 3 / 2,
+                "{wait:?} for {base:?}"
+            );
         }
         assert!(backoff.at_max());
         backoff.reset();

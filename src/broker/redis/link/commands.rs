@@ -45,7 +45,7 @@ impl ConnectionLike for Commands {
 }
 
 /// How a channel's messages are published: classic pub/sub on one Redis,
-/// sharded pub/sub on a cluster (PROTOCOL.md section 7).
+/// sharded pub/sub on a cluster (docs/protocol.md section 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Publish {
     Classic,

@@ -86,7 +86,9 @@ impl RedisLink {
     /// A link to `servers`; nothing is connected yet.
     pub fn new(servers: &RedisServers) -> Result<RedisLink, UrlError> {
         let target = match servers {
-            RedisServers::Single { url } => Target::Single(Client::open(url.as_str()).map_err(UrlError::Url)?),
+            RedisServers::Single { url } => {
+                Target::Single(Client::open(url.as_str()).map_err(UrlError::Url)?)
+            }
             RedisServers::Cluster { seeds } => {
                 let urls: Vec<String> = seeds.iter().map(|s| format!("redis://{s}/")).collect();
                 let client = ClusterClientBuilder::new(urls)

@@ -1,6 +1,6 @@
 //! The Redis broker's reader: hands every message of the pub/sub connection
 //! to the router and, with history on, keeps each route's kept messages
-//! whole across the connection's blips (PROTOCOL.md section 9: "while a
+//! whole across the connection's blips (docs/protocol.md section 9: "while a
 //! socket stays connected, it receives every kept message of its routes,
 //! in order").
 //!
@@ -57,12 +57,12 @@ use futures_util::Stream;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use super::link::Commands;
 use crate::broker::BoxFuture;
 use crate::channels::{Names, Route};
 use crate::history::{position_of, Epoch, Retention};
 use crate::metrics;
 use crate::protocol::{self, Encoded};
-use super::link::Commands;
 use crate::router::Router;
 use repair::{End, Fetched, Repair};
 

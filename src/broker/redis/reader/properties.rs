@@ -1,7 +1,7 @@
 //! Property tests (proptest) of the reader's gap repair: however the
 //! pub/sub connection loses messages or blips, and however history reads
 //! interleave with live ones, a route's numbered messages reach its socket
-//! in order, none twice, none missing (PROTOCOL.md section 9).
+//! in order, none twice, none missing (docs/protocol.md section 9).
 //!
 //! The reader is driven without Redis, through the calls `Reader::run`
 //! makes: pub/sub messages go to `on_message`, the supervisor's events to

@@ -11,12 +11,12 @@ use std::time::Duration;
 use redis::RedisResult;
 
 use super::{dispatch, Fetches, Floor, Reader, Track, FETCHES_IN_FLIGHT};
-use crate::channels::Route;
 use crate::broker::redis::history::{self, Batch, Keys, Range, BATCH};
+use crate::broker::redis::link::Commands;
+use crate::channels::Route;
 use crate::history::{position_of, Epoch, Retention};
 use crate::metrics;
 use crate::protocol::Encoded;
-use crate::broker::redis::link::Commands;
 use crate::router::Router;
 
 /// Failed reads of one repair before it is given up.
