@@ -17,11 +17,13 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{Broker, BrokerError, Keep, MemoryBroker, Receipt};
 use crate::channels::Route;
 use crate::config::Limits;
-use crate::history::{Resume, Resumed};
+use crate::delivery::Delivery;
+use crate::history::Resume;
 use crate::metrics::{self, DropReason};
 use crate::outbox::{Kick, Outbox};
 use crate::presence::{MemoryPresence, Presence, PresenceError};
 use crate::protocol::{self, Encoded, Message, PresenceEvent, Target, VisionId};
+use crate::replay::Resumed;
 use crate::router::{ClientFull, Router, SocketId};
 
 pub struct Hub {
@@ -270,7 +272,7 @@ fn route_of(msg: &Message<'_>) -> Option<Route> {
 /// when it resumed.
 pub struct Connected {
     pub member: Membership,
-    pub rx: mpsc::Receiver<Encoded>,
+    pub rx: mpsc::Receiver<Delivery>,
     pub resumed: Option<Resumed>,
 }
 
@@ -468,8 +470,8 @@ mod tests {
             .await
             .expect("bob hears of it")
             .expect("bob's queue is open");
-        let payload = |m: Encoded| {
-            serde_json::from_str::<serde_json::Value>(m.as_str()).unwrap()["payload"].clone()
+        let payload = |m: Delivery| {
+            serde_json::from_str::<serde_json::Value>(m.text()).unwrap()["payload"].clone()
         };
         assert_eq!(
             payload(leave),

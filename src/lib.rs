@@ -13,6 +13,7 @@ pub mod channels;
 pub mod close;
 pub mod config;
 pub mod console;
+pub mod delivery;
 pub mod fdlimit;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -24,6 +25,7 @@ pub mod outbox;
 pub mod presence;
 pub mod protocol;
 pub mod rate_limit;
+pub mod replay;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 
-use crate::protocol::Encoded;
+use crate::delivery::Delivery;
 
 pub struct Outbox {
-    tx: mpsc::Sender<Encoded>,
+    tx: mpsc::Sender<Delivery>,
     kick: AtomicU8,
     kicked: Notify,
 }
@@ -41,7 +41,7 @@ pub enum Offer {
 
 impl Outbox {
     /// A new outbox holding at most `capacity` messages, and its receiver.
-    pub fn new(capacity: usize) -> (Arc<Outbox>, mpsc::Receiver<Encoded>) {
+    pub fn new(capacity: usize) -> (Arc<Outbox>, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let outbox = Outbox {
             tx,
@@ -52,7 +52,7 @@ impl Outbox {
     }
 
     /// Queues a shared copy of `msg` without waiting.
-    pub fn offer(&self, msg: &Encoded) -> Offer {
+    pub fn offer(&self, msg: &Delivery) -> Offer {
         if self.kick.load(Ordering::Relaxed) != NOT_KICKED {
             return Offer::Closed;
         }
@@ -94,9 +94,10 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Encoded;
 
-    fn msg() -> Encoded {
-        Encoded::from_text("{}")
+    fn msg() -> Delivery {
+        Delivery::plain(Encoded::from_text("{}"))
     }
 
     #[tokio::test]

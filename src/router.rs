@@ -17,9 +17,10 @@ use dashmap::DashMap;
 use indexmap::IndexMap;
 
 use crate::channels::Route;
+use crate::delivery::Delivery;
 use crate::metrics;
 use crate::outbox::{Kick, Offer, Outbox};
-use crate::protocol::{Encoded, VisionId};
+use crate::protocol::VisionId;
 
 /// A socket's identity within this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,7 +136,7 @@ impl Router {
 
     /// Hands `msg` to every local socket on `route`, skipping the sender's
     /// own client where the route says so.
-    pub fn dispatch(&self, route: &Route, msg: &Encoded, sender: &str) -> Fanout {
+    pub fn dispatch(&self, route: &Route, msg: &Delivery, sender: &str) -> Fanout {
         let started = Instant::now();
         let mut fanout = Fanout::default();
         if let Some(members) = self.routes.get(route) {
@@ -159,10 +160,10 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::id;
+    use crate::protocol::{id, Encoded};
 
-    fn msg() -> Encoded {
-        Encoded::from_text("{}")
+    fn msg() -> Delivery {
+        Delivery::plain(Encoded::from_text("{}"))
     }
 
     #[test]

@@ -24,12 +24,13 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::{Access, Caps};
 use crate::close::Disconnect;
 use crate::config::Limits;
-use crate::history::Resumed;
+use crate::delivery::Delivery;
 use crate::hub::Membership;
 use crate::metrics::{self, DropReason};
 use crate::outbox::Kick;
 use crate::protocol::{self, Encoded, FrameError, MsgType, Origin, Target};
 use crate::rate_limit::RateLimit;
+use crate::replay::Resumed;
 use crate::wire::Batch;
 
 /// How long the hub waits for the close handshake before dropping the TCP
@@ -83,7 +84,7 @@ impl Rights {
 
 pub struct Session<S> {
     ws: WebSocketStream<S>,
-    rx: mpsc::Receiver<Encoded>,
+    rx: mpsc::Receiver<Delivery>,
     member: Membership,
     rights: Rights,
     rate: RateLimit,
@@ -111,7 +112,7 @@ where
     pub fn new(
         ws: WebSocketStream<S>,
         member: Membership,
-        rx: mpsc::Receiver<Encoded>,
+        rx: mpsc::Receiver<Delivery>,
         rights: Rights,
         resumed: Option<Resumed>,
     ) -> Self {
@@ -273,7 +274,7 @@ where
                 return Ok(());
             }
         };
-        self.write(reply).await
+        self.write(Delivery::plain(reply)).await
     }
 
     /// The next tick: one period from now, or the token's expiry if that
@@ -303,7 +304,7 @@ where
     }
 
     /// Writes `first` and whatever else is queued, as one batch.
-    async fn write(&mut self, first: Encoded) -> Result<(), Disconnect> {
+    async fn write(&mut self, first: Delivery) -> Result<(), Disconnect> {
         let mut batch = Batch::default();
         self.push(&mut batch, &first);
         for _ in 0..MAX_BATCH {
@@ -320,9 +321,9 @@ where
     }
 
     /// Adds a live message to `batch`, unless a replay already carried it.
-    fn push(&mut self, batch: &mut Batch, msg: &Encoded) {
+    fn push(&mut self, batch: &mut Batch, msg: &Delivery) {
         if let Some(resumed) = &mut self.resumed {
-            let replayed = resumed.dedup.replayed(msg.as_str());
+            let replayed = resumed.dedup.replayed(msg);
             if resumed.dedup.is_done() {
                 self.resumed = None;
             }
@@ -330,7 +331,7 @@ where
                 return;
             }
         }
-        batch.push(msg.as_str());
+        batch.push(msg.text());
     }
 
     /// Writes a recovery's replay and summary, before any live message.

@@ -24,11 +24,13 @@ use proptest::test_runner::RngSeed;
 use tokio::sync::mpsc;
 
 use aether_hub::channels::Route;
+use aether_hub::delivery::{Delivery, Place};
 use aether_hub::history::{
-    decide, number, position_of, Dedup, Epoch, Kept, Position, Recovery, Resumed, RouteKind, Since,
+    decide, number, position_of, Epoch, Kept, Position, Recovery, RouteKind, Since,
 };
 use aether_hub::outbox::Outbox;
 use aether_hub::protocol::{self, Encoded, Origin, PresenceEvent, VisionId};
+use aether_hub::replay::{Dedup, Resumed};
 use aether_hub::router::{ClientFull, Router, SocketId};
 
 /// 256 cases from a fixed seed, unless the environment says otherwise.
@@ -87,7 +89,7 @@ struct Socket {
     client: VisionId,
     routes: [Route; 3],
     outbox: Arc<Outbox>,
-    rx: mpsc::Receiver<Encoded>,
+    rx: mpsc::Receiver<Delivery>,
 }
 
 /// What the router should know, kept the plain way.
@@ -152,7 +154,7 @@ fn check(
         prop_assert_eq!(router.wants(&route), local.contains(&route), "{:?}", route);
     }
     // Nobody is the sender: a message reaches every socket on the route.
-    let probe = Encoded::from_text("{}");
+    let probe = Delivery::plain(Encoded::from_text("{}"));
     for route in probed {
         let fanout = router.dispatch(route, &probe, "svc");
         let members = model.members.get(route).cloned().unwrap_or_default();
@@ -402,7 +404,7 @@ fn run_merge(merge: Merge) -> Result<(), TestCaseError> {
     let (group, client) = (id(GROUP), id(CLIENT));
     let mut texts: HashMap<String, Heard> = HashMap::new();
     let mut answers = Vec::new();
-    let mut live: [VecDeque<Encoded>; 4] = Default::default();
+    let mut live: [VecDeque<Delivery>; 4] = Default::default();
     let mut expected: [Vec<u64>; 3] = Default::default();
     let mut recovered = [false; 3];
     for (k, (&kind, case)) in RouteKind::ALL.iter().zip(&merge.cases).enumerate() {
@@ -417,7 +419,18 @@ fn run_merge(merge: Merge) -> Result<(), TestCaseError> {
         live[k].extend(
             (case.live_after + 1..=case.numbered)
                 .filter(|&o| hears_offset(o))
-                .map(|o| msgs[o as usize - 1].clone()),
+                .map(|offset| {
+                    let text = msgs[offset as usize - 1].clone();
+                    let epoch = epoch.clone();
+                    Delivery::kept(
+                        text,
+                        Place {
+                            kind,
+                            offset,
+                            epoch,
+                        },
+                    )
+                }),
         );
         // The plain model: a route resumes from where the socket asked if
         // history still holds everything after it, else not at all.
@@ -474,7 +487,7 @@ fn run_merge(merge: Merge) -> Result<(), TestCaseError> {
         let who = id(&format!("p{n}"));
         let event = protocol::presence_event(PresenceEvent::Join, &group, &who);
         texts.insert(event.as_str().to_owned(), Heard::Unnumbered(n));
-        live[3].push_back(event);
+        live[3].push_back(Delivery::plain(event));
     }
 
     // The session: the replay and summary first, then the queue, less what
@@ -492,7 +505,7 @@ fn run_merge(merge: Merge) -> Result<(), TestCaseError> {
     for &q in &merge.arrivals {
         let msg = live[q].pop_front().expect("one message per arrival");
         if !replayed_already(&mut dedup, &msg) {
-            heard.push(texts[msg.as_str()]);
+            heard.push(texts[msg.text()]);
         }
     }
 
@@ -550,9 +563,9 @@ fn live_presence(merge: &Merge) -> usize {
 }
 
 /// `Session::push`: a live message is dropped when the replay carried it.
-fn replayed_already(dedup: &mut Dedup, msg: &Encoded) -> bool {
+fn replayed_already(dedup: &mut Dedup, msg: &Delivery) -> bool {
     // Once every route has moved on the session stops asking.
-    !dedup.is_done() && dedup.replayed(msg.as_str())
+    !dedup.is_done() && dedup.replayed(msg)
 }
 
 proptest! {

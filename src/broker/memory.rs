@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use super::{receipt, BoxFuture, Broker, BrokerError, Keep, Receipt};
 use crate::channels::Route;
+use crate::delivery::{Delivery, Place};
 use crate::history::memory::MemoryHistory;
-use crate::history::{Position, Recovery, Retention, Since};
+use crate::history::{Position, Recovery, Retention, RouteKind, Since};
 use crate::protocol::Encoded;
 use crate::router::Router;
 
@@ -44,8 +45,14 @@ impl MemoryBroker {
             self.since_sweep.store(0, Ordering::Relaxed);
             history.sweep();
         }
-        history.append(route, msg.as_str(), sender, |numbered| {
-            self.router.dispatch(route, numbered, sender);
+        history.append(route, msg.as_str(), sender, |numbered, at| {
+            let place = Place {
+                kind: RouteKind::of(route),
+                offset: at.offset,
+                epoch: at.epoch,
+            };
+            let delivery = Delivery::kept(numbered.clone(), place);
+            self.router.dispatch(route, &delivery, sender);
         })
     }
 }
@@ -65,7 +72,7 @@ impl Broker for MemoryBroker {
                 Ok((keep == Keep::WithReceipt).then(|| receipt(position)))
             }
             _ => {
-                self.router.dispatch(route, &msg, sender);
+                self.router.dispatch(route, &Delivery::plain(msg), sender);
                 Ok(None)
             }
         }

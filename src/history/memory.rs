@@ -77,21 +77,22 @@ impl MemoryHistory {
     }
 
     /// Numbers `text` as the route's next kept message, keeps it, and hands
-    /// the numbered text to `deliver` while the route is still locked, so
-    /// that every socket sees the route's messages in offset order.
+    /// the numbered text and its position to `deliver` while the route is
+    /// still locked, so that every socket sees the route's messages in
+    /// offset order.
     pub fn append(
         &self,
         route: &Route,
         text: &str,
         sender: &str,
-        deliver: impl FnOnce(&Encoded),
+        deliver: impl FnOnce(&Encoded, Position),
     ) -> Position {
         let ring = self.ring(route);
         let mut ring = ring.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         ring.offset += 1;
         let numbered = number(text, ring.offset, &ring.epoch);
-        deliver(&numbered);
+        deliver(&numbered, ring.position());
         let kept = Kept {
             offset: ring.offset,
             text: numbered,

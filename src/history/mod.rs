@@ -14,7 +14,7 @@
 //! [`Recovery`]: the kept messages after that position, or word that some
 //! are gone. The session then writes the replay and the summary before any
 //! live message of those routes, dropping live messages the replay already
-//! carried ([`Dedup`]).
+//! carried (`replay.rs`).
 
 pub mod memory;
 
@@ -140,22 +140,12 @@ impl RouteKind {
         }
     }
 
-    /// The kind of route a delivered message travelled on, by its
-    /// `target` (the hub writes it as the third field).
-    fn of_text(text: &str) -> Option<RouteKind> {
-        const FIELD: &str = "\"target\":\"";
-        // Raw text from a service may hold any characters: never cut one.
-        let head = text.get(..64).unwrap_or(text);
-        let start = head.find(FIELD)? + FIELD.len();
-        let rest = &text[start..];
-        if rest.starts_with("direct\"") {
-            Some(RouteKind::Client)
-        } else if rest.starts_with("group\"") {
-            Some(RouteKind::Group)
-        } else if rest.starts_with("broadcast\"") {
-            Some(RouteKind::Broadcast)
-        } else {
-            None
+    /// The kind of `route`.
+    pub fn of(route: &Route) -> RouteKind {
+        match route {
+            Route::Client(_) => RouteKind::Client,
+            Route::Group(_) => RouteKind::Group,
+            Route::Broadcast => RouteKind::Broadcast,
         }
     }
 }
@@ -244,61 +234,6 @@ pub fn decide(since: &Since, position: &Position, kept: Vec<Kept>) -> Outcome {
     Outcome::Recovered(wanted)
 }
 
-/// What a resuming socket is sent first: every replayed message and the
-/// summary, in order; and what to drop from its live queue afterwards.
-#[derive(Debug, Default)]
-pub struct Resumed {
-    pub batch: Vec<Encoded>,
-    pub dedup: Dedup,
-}
-
-impl Resumed {
-    /// Assembles a socket's replay from its routes' recoveries: the kept
-    /// messages it would have received (a group or broadcast message skips
-    /// its own sender, as live), then one summary for all routes.
-    pub fn assemble(
-        group: &VisionId,
-        client: &VisionId,
-        answers: Vec<(RouteKind, Recovery)>,
-    ) -> Resumed {
-        let mut resumed = Resumed::default();
-        let mut summary = serde_json::Map::new();
-        for (kind, recovery) in answers {
-            let skips = kind.route(group, client).skips_sender();
-            let (recovered, missed) = match recovery.outcome {
-                Outcome::Recovered(kept) => {
-                    let before = resumed.batch.len();
-                    resumed.batch.extend(
-                        kept.into_iter()
-                            .filter(|k| !(skips && &*k.sender == client.as_str()))
-                            .map(|k| k.text),
-                    );
-                    (true, resumed.batch.len() - before)
-                }
-                Outcome::Lost => (false, 0),
-            };
-            let (epoch, offset) = match &recovery.position {
-                Some(p) => (p.epoch.as_str(), p.offset),
-                None => ("", 0),
-            };
-            crate::metrics::recovery(recovered, missed);
-            if let (true, Some(p)) = (recovered, &recovery.position) {
-                resumed.dedup.watch(kind, p.epoch.clone(), p.offset);
-            }
-            summary.insert(
-                kind.as_str().to_owned(),
-                serde_json::json!({
-                    "recovered": recovered, "missed": missed, "epoch": epoch, "offset": offset,
-                }),
-            );
-        }
-        resumed
-            .batch
-            .push(crate::protocol::recovery_summary(client, group, summary));
-        resumed
-    }
-}
-
 /// `text` (a JSON object the hub encoded) with `offset` and `epoch` added
 /// as its last fields.
 pub fn number(text: &str, offset: u64, epoch: &Epoch) -> Encoded {
@@ -324,44 +259,6 @@ pub fn position_of(text: &str) -> Option<(u64, &str)> {
     let o = head.rfind(OFFSET)?;
     let offset = head[o + OFFSET.len()..].parse().ok()?;
     Some((offset, epoch))
-}
-
-/// After a replay, the live messages of a route the replay already
-/// carried: dropped until the route moves past its last replayed offset.
-/// Costs nothing once every route has.
-#[derive(Debug, Default)]
-pub struct Dedup {
-    /// Per route kind: the epoch and the last offset replayed.
-    pending: Vec<(RouteKind, Epoch, u64)>,
-}
-
-impl Dedup {
-    pub fn watch(&mut self, kind: RouteKind, epoch: Epoch, last: u64) {
-        self.pending.push((kind, epoch, last));
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.pending.is_empty()
-    }
-
-    /// Whether `text`, a live message, was already replayed.
-    pub fn replayed(&mut self, text: &str) -> bool {
-        let Some((offset, epoch)) = position_of(text) else {
-            return false;
-        };
-        let Some(kind) = RouteKind::of_text(text) else {
-            return false;
-        };
-        let Some(i) = self.pending.iter().position(|(k, _, _)| *k == kind) else {
-            return false;
-        };
-        let (_, ref seen, last) = self.pending[i];
-        if seen.as_str() == epoch && offset <= last {
-            return true;
-        }
-        self.pending.swap_remove(i);
-        false
-    }
 }
 
 #[cfg(test)]

@@ -55,7 +55,16 @@ fn numbering_adds_offset_and_epoch_last_and_reads_them_back() {
     assert_eq!(value["payload"]["offset"], 1);
     assert_eq!(position_of(numbered.as_str()), Some((7, "ep_1")));
     assert_eq!(position_of(text), None);
-    assert_eq!(RouteKind::of_text(text), Some(RouteKind::Group));
+}
+
+#[test]
+fn a_route_names_its_kind() {
+    assert_eq!(RouteKind::of(&Route::Group(id("g"))), RouteKind::Group);
+    assert_eq!(RouteKind::of(&Route::Client(id("c"))), RouteKind::Client);
+    assert_eq!(RouteKind::of(&Route::Broadcast), RouteKind::Broadcast);
+    for kind in RouteKind::ALL {
+        assert_eq!(RouteKind::of(&kind.route(&id("g"), &id("c"))), kind);
+    }
 }
 
 fn kept(offsets: std::ops::RangeInclusive<u64>) -> Vec<Kept> {
@@ -108,28 +117,6 @@ fn a_recovery_is_whole_or_lost() {
     );
 }
 
-#[test]
-fn dedup_drops_replayed_live_messages_then_gets_out_of_the_way() {
-    let epoch = Epoch::parse("e").unwrap();
-    let live = |target: &str, offset| {
-        let text = format!(r#"{{"version":"3","msg_type":"cmd","target":"{target}"}}"#);
-        number(&text, offset, &epoch)
-    };
-    let mut dedup = Dedup::default();
-    dedup.watch(RouteKind::Group, epoch.clone(), 5);
-    assert!(dedup.replayed(live("group", 4).as_str()));
-    assert!(dedup.replayed(live("group", 5).as_str()));
-    assert!(!dedup.replayed(live("direct", 1).as_str()), "another route");
-    assert!(
-        !dedup.replayed(r#"{"target":"group","raw":true}"#),
-        "no offset"
-    );
-    assert!(!dedup.is_done());
-    assert!(!dedup.replayed(live("group", 6).as_str()));
-    assert!(dedup.is_done());
-    assert!(!dedup.replayed(live("group", 5).as_str()));
-}
-
 fn ring(size: usize, ttl: Duration) -> MemoryHistory {
     MemoryHistory::new(Retention { size, ttl })
 }
@@ -141,7 +128,13 @@ fn memory_history_numbers_keeps_the_last_n_and_recovers() {
     let mut delivered = Vec::new();
     for n in 1..=5 {
         let text = format!(r#"{{"target":"group","n":{n}}}"#);
-        let pos = history.append(&route, &text, "a", |m| delivered.push(m.clone()));
+        let pos = history.append(&route, &text, "a", |m, at| {
+            assert_eq!(
+                position_of(m.as_str()),
+                Some((at.offset, at.epoch.as_str()))
+            );
+            delivered.push(m.clone())
+        });
         assert_eq!(pos.offset, n);
     }
     let offsets: Vec<u64> = delivered
@@ -171,8 +164,8 @@ fn memory_history_numbers_keeps_the_last_n_and_recovers() {
 fn memory_history_forgets_messages_past_the_ttl_but_not_the_position() {
     let history = ring(10, Duration::from_millis(30));
     let route = Route::Client(id("c"));
-    history.append(&route, "{}", "a", |_| {});
-    let pos = history.append(&route, "{}", "a", |_| {});
+    history.append(&route, "{}", "a", |_, _| {});
+    let pos = history.append(&route, "{}", "a", |_, _| {});
     std::thread::sleep(Duration::from_millis(60));
     history.sweep();
     assert_eq!(

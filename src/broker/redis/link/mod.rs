@@ -160,7 +160,7 @@ impl RedisLink {
         let Target::Single(client) = &self.target else {
             return Err(LinkError::StreamEnded);
         };
-        Ok(timed(client.get_async_pubsub()).await?)
+        timed(client.get_async_pubsub()).await
     }
 
     /// A connection of its own to one cluster node (its publisher's, or

@@ -47,7 +47,6 @@
 //! With history off the reader dispatches every message as it comes and
 //! remembers nothing.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,12 +59,13 @@ use tokio::sync::mpsc;
 use super::link::Commands;
 use crate::broker::BoxFuture;
 use crate::channels::{Names, Route};
-use crate::history::{position_of, Epoch, Retention};
+use crate::history::{Epoch, Retention};
 use crate::metrics;
-use crate::protocol::{self, Encoded};
 use crate::router::Router;
+use decode::Decoded;
 use repair::{End, Fetched, Repair};
 
+mod decode;
 mod repair;
 
 /// History reads in flight at once.
@@ -310,32 +310,21 @@ impl Reader {
 
     fn on_message(&mut self, msg: &redis::Msg) {
         metrics::redis_received();
-        let Some(route) = self.names.route(msg.get_channel_name()) else {
+        let Some((route, msg)) = Decoded::read(&self.names, msg, self.retention.is_some()) else {
             return;
         };
-        let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else {
-            tracing::debug!(
-                channel = msg.get_channel_name(),
-                "dropped a non-UTF-8 message"
-            );
-            return;
-        };
-        if let Some(sent) = protocol::sent_at_of(text) {
-            metrics::pubsub_lag(sent);
-        }
-        let encoded = Encoded::from_text(text);
         if self.retention.is_none() {
-            self.dispatch(&route, &encoded, None);
+            msg.dispatch(&self.router, &route);
             return;
         }
-        self.deliver(&route, encoded, true);
+        self.deliver(&route, msg, true);
     }
 
     /// Dispatches `msg` in its route's order: drops a duplicate, holds it
     /// during a repair, and (with `may_repair`) starts one on a gap.
-    fn deliver(&mut self, route: &Route, msg: Encoded, may_repair: bool) {
+    fn deliver(&mut self, route: &Route, msg: Decoded, may_repair: bool) {
         let Some(track) = self.routes.get_mut(route) else {
-            self.dispatch(route, &msg, None);
+            msg.dispatch(&self.router, route);
             return;
         };
         if let Track::Repairing(repair) = track {
@@ -346,19 +335,18 @@ impl Reader {
             }
             return;
         }
-        let Some((offset, epoch)) = position_of(msg.as_str())
-            .and_then(|(offset, epoch)| Epoch::parse(epoch).map(|epoch| (offset, epoch)))
-        else {
-            self.dispatch(route, &msg, None);
+        let Some(place) = msg.delivery.place() else {
+            msg.dispatch(&self.router, route);
             return;
         };
+        let (offset, epoch) = (place.offset, place.epoch.clone());
         match next(track, &epoch, offset, may_repair) {
             Next::Dispatch => {
                 *track = Track::Live {
                     epoch,
                     last: offset,
                 };
-                self.dispatch(route, &msg, None);
+                msg.dispatch(&self.router, route);
             }
             Next::Drop => {
                 tracing::debug!(?route, offset, "dropped a message dispatched already");
@@ -376,25 +364,6 @@ impl Reader {
             }
         }
     }
-
-    fn dispatch(&self, route: &Route, msg: &Encoded, sender: Option<&str>) {
-        dispatch(&self.router, route, msg, sender);
-    }
-}
-
-/// Hands `msg` to the router; `sender` is read from the text when the
-/// route skips senders and it is not known.
-fn dispatch(router: &Router, route: &Route, msg: &Encoded, sender: Option<&str>) {
-    let read;
-    let sender = match sender {
-        Some(sender) => sender,
-        None if route.skips_sender() => {
-            read = sender_of(msg.as_str());
-            read.as_deref().unwrap_or("")
-        }
-        None => "",
-    };
-    router.dispatch(route, msg, sender);
 }
 
 /// What to do with message `offset` of `epoch` on a route in `track`
@@ -438,19 +407,6 @@ impl Track {
             Track::Fresh(_) => None,
         }
     }
-}
-
-/// The `from_id` of a message, read without building the whole message.
-pub fn sender_of(text: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct From<'a> {
-        #[serde(borrow, default)]
-        from_id: Option<Cow<'a, str>>,
-    }
-    serde_json::from_str::<From<'_>>(text)
-        .ok()
-        .and_then(|f| f.from_id)
-        .map(Cow::into_owned)
 }
 
 #[cfg(test)]

@@ -30,9 +30,10 @@ use redis::Value;
 use super::repair::{Fetched, Read};
 use super::*;
 use crate::broker::redis::history::{Batch, BATCH};
-use crate::history::{number, Kept, Position};
+use crate::delivery::Delivery;
+use crate::history::{number, position_of, Kept, Position};
 use crate::outbox::Outbox;
-use crate::protocol::{id, Origin, PresenceEvent};
+use crate::protocol::{self, id, Encoded, Origin, PresenceEvent};
 use crate::router::SocketId;
 
 /// 256 cases from a fixed seed, unless the environment says otherwise.
@@ -96,7 +97,7 @@ const FLUSHES: usize = 2;
 /// One route, one socket on it, the reader and what surrounds it.
 struct World {
     reader: Reader,
-    rx: mpsc::Receiver<Encoded>,
+    rx: mpsc::Receiver<Delivery>,
     route: Route,
     channel: String,
     /// The hub's encoding of a group message, before numbering.
@@ -205,7 +206,7 @@ impl World {
         let Some(msg) = self.wire.pop_front() else {
             return;
         };
-        match self.position(&msg) {
+        match self.position(msg.as_str()) {
             Some((epoch, offset)) => {
                 let reached = self.reached.entry(epoch).or_default();
                 *reached = (*reached).max(offset);
@@ -358,8 +359,8 @@ impl World {
     }
 
     /// The epoch index and offset of a numbered message.
-    fn position(&self, msg: &Encoded) -> Option<(usize, u64)> {
-        let (offset, epoch) = position_of(msg.as_str())?;
+    fn position(&self, text: &str) -> Option<(usize, u64)> {
+        let (offset, epoch) = position_of(text)?;
         let i = self.epochs.iter().position(|e| e.as_str() == epoch);
         Some((i.expect("an epoch of this route"), offset))
     }
@@ -370,9 +371,13 @@ impl World {
     /// Unnumbered ones: in order, once each.
     fn check_socket(&mut self) -> Result<(), TestCaseError> {
         while let Ok(msg) = self.rx.try_recv() {
-            let Some((epoch, offset)) = self.position(&msg) else {
+            // The place the reader decoded is the one in the text.
+            let place = msg.place().map(|p| (p.offset, p.epoch.as_str()));
+            prop_assert_eq!(place, position_of(msg.text()));
+            let Some((epoch, offset)) = self.position(msg.text()) else {
                 let next = self.reached_unnumbered.pop_front();
-                prop_assert_eq!(Some(msg), next, "unnumbered out of order or twice");
+                let next = next.as_ref().map(Encoded::as_str);
+                prop_assert_eq!(Some(msg.text()), next, "unnumbered out of order or twice");
                 continue;
             };
             let before = self.delivered.get(&epoch).copied().unwrap_or(0);

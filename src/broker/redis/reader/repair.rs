@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use redis::RedisResult;
 
-use super::{dispatch, Fetches, Floor, Reader, Track, FETCHES_IN_FLIGHT};
+use super::{Decoded, Fetches, Floor, Reader, Track, FETCHES_IN_FLIGHT};
 use crate::broker::redis::history::{self, Batch, Keys, Range, BATCH};
 use crate::broker::redis::link::Commands;
 use crate::channels::Route;
-use crate::history::{position_of, Epoch, Retention};
+use crate::delivery::{Delivery, Place};
+use crate::history::{Epoch, Retention, RouteKind};
 use crate::metrics;
-use crate::protocol::Encoded;
 use crate::router::Router;
 
 /// Failed reads of one repair before it is given up.
@@ -48,7 +48,7 @@ pub(super) struct Repair {
     pub(super) cursor: u64,
     /// Read up to this offset (the gap's end); 0: up to the route's last.
     pub(super) upto: u64,
-    pub(super) held: Vec<Encoded>,
+    pub(super) held: Vec<Decoded>,
     /// Tells this repair's reads from those of an earlier one.
     pub(super) generation: u64,
     /// Whether the route's channel is subscribed on this connection;
@@ -78,7 +78,7 @@ impl Reader {
         route: &Route,
         (epoch, last, upto): (Epoch, u64, u64),
         prior: Option<Track>,
-        msg: Encoded,
+        msg: Decoded,
     ) {
         let mut repair = Repair::from(Some(epoch), last);
         repair.upto = upto;
@@ -226,7 +226,7 @@ impl Reader {
                 }
                 _ => 0,
             };
-            repair.epoch = Some(position.epoch);
+            repair.epoch = Some(position.epoch.clone());
             if switched {
                 (repair.last, repair.cursor, repair.upto) = (from, from, 0);
                 // Reads of the old numbering still in flight are stale now.
@@ -242,8 +242,13 @@ impl Reader {
             if kept.offset > repair.last && wanted {
                 repair.last = kept.offset;
                 repair.repaired += 1;
-                let sender = Some(&*kept.sender);
-                dispatch(&self.router, &route, &kept.text, sender);
+                let place = Place {
+                    kind: RouteKind::of(&route),
+                    offset: kept.offset,
+                    epoch: position.epoch.clone(),
+                };
+                let delivery = Delivery::kept(kept.text, place);
+                self.router.dispatch(&route, &delivery, &kept.sender);
             }
         }
         repair.cursor = batch.scanned.max(repair.last);
@@ -340,25 +345,19 @@ impl Repair {
     pub(super) fn first_held_of(&self, epoch: &Epoch) -> Option<u64> {
         self.held
             .iter()
-            .filter_map(|msg| position_of(msg.as_str()))
-            .find(|(_, e)| *e == epoch.as_str())
-            .map(|(offset, _)| offset)
+            .filter_map(|msg| msg.delivery.place())
+            .find(|place| place.epoch == *epoch)
+            .map(|place| place.offset)
     }
 
     /// Whether a held message is of `epoch`.
     pub(super) fn holds(&self, epoch: &Epoch) -> bool {
-        let of =
-            |msg: &Encoded| position_of(msg.as_str()).is_some_and(|(_, e)| e == epoch.as_str());
-        self.held.iter().any(of)
+        self.held.iter().any(|msg| msg.delivery.is_of(epoch))
     }
 
     /// The numbering of the last numbered message held.
     pub(super) fn newest_held(&self) -> Option<Epoch> {
-        self.held
-            .iter()
-            .rev()
-            .find_map(|msg| position_of(msg.as_str()))
-            .and_then(|(_, epoch)| Epoch::parse(epoch))
+        self.held.iter().rev().find_map(|msg| msg.epoch()).cloned()
     }
 
     /// Redis lost the route's keys (its numbering and all) once or more,
@@ -368,12 +367,10 @@ impl Repair {
     /// of `found` already dispatched: a lost numbering's order ends with
     /// it.)
     pub(super) fn dispatch_held_before(&mut self, found: &Epoch, router: &Router, route: &Route) {
-        let of_found =
-            |msg: &Encoded| position_of(msg.as_str()).is_some_and(|(_, e)| e == found.as_str());
         let end = self
             .held
             .iter()
-            .position(of_found)
+            .position(|msg| msg.delivery.is_of(found))
             .unwrap_or(self.held.len());
         // The last offset dispatched, per numbering: the repair's and the
         // one the route was in before it.
@@ -387,14 +384,14 @@ impl Repair {
             last.push((epoch.clone(), *at));
         }
         for msg in self.held.drain(..end) {
-            if let Some((offset, epoch)) = position_of(msg.as_str()) {
-                match last.iter_mut().find(|(seen, _)| seen.as_str() == epoch) {
-                    Some((_, at)) if offset <= *at => continue,
-                    Some((_, at)) => *at = offset,
-                    None => last.extend(Epoch::parse(epoch).map(|e| (e, offset))),
+            if let Some(place) = msg.delivery.place() {
+                match last.iter_mut().find(|(seen, _)| *seen == place.epoch) {
+                    Some((_, at)) if place.offset <= *at => continue,
+                    Some((_, at)) => *at = place.offset,
+                    None => last.push((place.epoch.clone(), place.offset)),
                 }
             }
-            dispatch(router, route, &msg, None);
+            msg.dispatch(router, route);
         }
     }
 }
