@@ -15,6 +15,7 @@ pub mod config;
 pub mod console;
 pub mod delivery;
 pub mod fdlimit;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod history;

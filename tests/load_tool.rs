@@ -11,7 +11,23 @@ use std::sync::{Arc, Mutex};
 
 use support::{tokens, TestHub};
 
-const LOAD: &str = env!("CARGO_BIN_EXE_aether-load");
+/// The load tool's binary: a crate of its own in the workspace (`load/`),
+/// built beside this test by `scripts/test` (`cargo build --workspace`).
+fn load_tool() -> PathBuf {
+    // target/<profile>/deps/load_tool-… -> target/<profile>/aether-load
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps")
+        .join("aether-load");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (scripts/test does, or `cargo build -p aether-load`)",
+        bin.display()
+    );
+    bin
+}
 
 fn last_json(stdout: &[u8]) -> serde_json::Value {
     let text = String::from_utf8_lossy(stdout);
@@ -52,7 +68,7 @@ async fn connect_opens_holds_and_reports() {
 
 #[test]
 fn the_load_tool_refuses_targets_off_loopback() {
-    let out = Command::new(LOAD)
+    let out = Command::new(load_tool())
         .args(["connect", "--url", "ws://10.1.2.3:8080", "--sockets", "1"])
         .output()
         .expect("run aether-load");
@@ -72,7 +88,7 @@ async fn run_load(args: Vec<String>) -> serde_json::Value {
 
 /// Runs the load tool to its end, killed if it takes longer than a minute.
 async fn run_tool(args: &[String]) -> std::process::Output {
-    let child = tokio::process::Command::new(LOAD)
+    let child = tokio::process::Command::new(load_tool())
         .args(args)
         .kill_on_drop(true)
         .output();
@@ -404,7 +420,7 @@ fn wss_needs_a_ca_and_a_loopback_host() {
         ("wss://10.1.2.3:8443", "loopback"),
         ("wss://example.com:8443", "expected"),
     ] {
-        let out = Command::new(LOAD)
+        let out = Command::new(load_tool())
             .args(["connect", "--url", url, "--sockets", "1"])
             .output()
             .expect("run aether-load");

@@ -31,6 +31,7 @@ mod reader;
 mod single;
 pub(crate) mod slots;
 mod subscriptions;
+mod supervisor;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ use publish::Outgoing;
 use reader::Reader;
 use slots::SlotMap;
 use subscriptions::Subscriptions;
+use supervisor::Base;
 
 /// Messages waiting to be published before publishing fails fast.
 const PUBLISH_QUEUE: usize = 64 * 1024;
@@ -78,32 +80,23 @@ impl RedisBroker {
         let (outgoing, queue) = mpsc::channel(PUBLISH_QUEUE);
         let subs = Arc::new(Subscriptions::default());
         let reader = Reader::new(Arc::clone(&router), names.clone(), retention);
+        let base = Base {
+            link: Arc::clone(&link),
+            router,
+            names: names.clone(),
+            retention,
+            subs: Arc::clone(&subs),
+        };
         match link.servers() {
             RedisServers::Single { .. } => {
                 tokio::spawn(publish::run(Arc::clone(&link), queue, retention, None));
-                let supervisor = single::Supervisor::new(
-                    Arc::clone(&link),
-                    router,
-                    names.clone(),
-                    retention,
-                    Arc::clone(&subs),
-                    reader,
-                );
-                tokio::spawn(supervisor.run());
+                tokio::spawn(single::Supervisor::new(base, reader).run());
             }
             RedisServers::Cluster { .. } => {
                 let map = Arc::new(SlotMap::new());
                 let sharding = Some(Arc::clone(&map));
                 tokio::spawn(publish::run(Arc::clone(&link), queue, retention, sharding));
-                let supervisor = cluster::Supervisor::new(
-                    Arc::clone(&link),
-                    router,
-                    names.clone(),
-                    retention,
-                    Arc::clone(&subs),
-                    map,
-                );
-                tokio::spawn(supervisor.run(reader));
+                tokio::spawn(cluster::Supervisor::new(base, map).run(reader));
             }
         }
         Arc::new(RedisBroker {

@@ -126,6 +126,16 @@ mod tests {
         Route::Group(id(name))
     }
 
+    /// Route `a` subscribed, then its last socket gone at `t`.
+    fn left_at(t: Instant) -> World {
+        let mut w = World::default();
+        w.wanted.insert(g("a"));
+        w.step(&[g("a")], t);
+        w.wanted.remove(&g("a"));
+        assert_eq!(w.step(&[g("a")], t), Plan::default(), "nothing at once");
+        w
+    }
+
     #[test]
     fn a_wanted_route_is_subscribed_once() {
         let mut w = World::default();
@@ -138,12 +148,8 @@ mod tests {
 
     #[test]
     fn an_unwanted_route_is_unsubscribed_only_after_the_delay() {
-        let mut w = World::default();
         let t = Instant::now();
-        w.wanted.insert(g("a"));
-        w.step(&[g("a")], t);
-        w.wanted.remove(&g("a"));
-        assert_eq!(w.step(&[g("a")], t), Plan::default());
+        let mut w = left_at(t);
         let early = t + UNSUBSCRIBE_AFTER - Duration::from_millis(1);
         assert_eq!(w.step(&[], early), Plan::default());
         let due = w.step(&[], t + UNSUBSCRIBE_AFTER);
@@ -155,12 +161,8 @@ mod tests {
 
     #[test]
     fn join_leave_join_ends_subscribed_without_a_flap() {
-        let mut w = World::default();
         let t = Instant::now();
-        w.wanted.insert(g("a"));
-        w.step(&[g("a")], t);
-        w.wanted.remove(&g("a"));
-        w.step(&[g("a")], t);
+        let mut w = left_at(t);
         w.wanted.insert(g("a"));
         assert_eq!(w.step(&[g("a")], t), Plan::default());
         // The deferred unsubscribe was called off.
@@ -185,12 +187,8 @@ mod tests {
 
     #[test]
     fn a_due_route_wanted_again_is_kept() {
-        let mut w = World::default();
         let t = Instant::now();
-        w.wanted.insert(g("a"));
-        w.step(&[g("a")], t);
-        w.wanted.remove(&g("a"));
-        w.step(&[g("a")], t);
+        let mut w = left_at(t);
         // Wanted again, but its mark not seen yet when the delay is up.
         w.wanted.insert(g("a"));
         assert_eq!(w.step(&[], t + UNSUBSCRIBE_AFTER), Plan::default());
@@ -199,12 +197,8 @@ mod tests {
 
     #[test]
     fn a_forgotten_route_is_not_unsubscribed() {
-        let mut w = World::default();
         let t = Instant::now();
-        w.wanted.insert(g("a"));
-        w.step(&[g("a")], t);
-        w.wanted.remove(&g("a"));
-        w.step(&[g("a")], t);
+        let mut w = left_at(t);
         // Its connection was lost: Redis holds it no more.
         w.unsubscribes.forget(&g("a"));
         w.confirmed.clear();

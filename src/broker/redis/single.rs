@@ -16,14 +16,11 @@ use std::time::{Duration, Instant};
 use redis::aio::{PubSubSink, PubSubStream};
 
 use super::history;
-use super::link::{self, timed, Backoff, Commands, LinkError, RedisLink, PROBE_EVERY};
+use super::link::{self, timed, Backoff, Commands, LinkError, PROBE_EVERY};
 use super::plan::{Unsubscribes, BATCH, RECONCILE_EVERY};
 use super::reader::{Event, Reader, Tell};
-use super::subscriptions::Subscriptions;
-use crate::channels::{Names, Route};
-use crate::history::Retention;
+use super::supervisor::Base;
 use crate::metrics;
-use crate::router::Router;
 
 /// How long a stopping reader may take to hand its state back.
 const READER_STOP: Duration = Duration::from_secs(1);
@@ -31,11 +28,7 @@ const READER_STOP: Duration = Duration::from_secs(1);
 /// Owns the pub/sub connection: connects, resubscribes, reconciles,
 /// probes, and reconnects with backoff.
 pub struct Supervisor {
-    link: Arc<RedisLink>,
-    router: Arc<Router>,
-    names: Names,
-    retention: Retention,
-    subs: Arc<Subscriptions>,
+    base: Base,
     unsubscribes: Unsubscribes,
     /// The reader between two connections (it runs as a task meanwhile):
     /// what it knows of each route outlives a connection.
@@ -45,21 +38,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(
-        link: Arc<RedisLink>,
-        router: Arc<Router>,
-        names: Names,
-        retention: Retention,
-        subs: Arc<Subscriptions>,
-        reader: Reader,
-    ) -> Supervisor {
+    pub fn new(base: Base, reader: Reader) -> Supervisor {
         Supervisor {
+            base,
             reader: Some(reader),
-            link,
-            router,
-            names,
-            retention,
-            subs,
             unsubscribes: Unsubscribes::default(),
             tell: None,
         }
@@ -76,7 +58,7 @@ impl Supervisor {
                         tracing::info!("Redis reachable again");
                     }
                     let lost = self.serve(sink, stream, command).await;
-                    self.link.set_down();
+                    self.base.link.set_down();
                     metrics::redis_reconnect();
                     tracing::warn!("Redis connection lost ({lost}); reconnecting");
                     outages += 1;
@@ -93,9 +75,9 @@ impl Supervisor {
     }
 
     async fn connect(&self) -> Result<(PubSubSink, PubSubStream, Commands), LinkError> {
-        let pubsub = self.link.open_pubsub().await?;
-        let mut command = self.link.open_command().await?;
-        if self.retention.is_on() {
+        let pubsub = self.base.link.open_pubsub().await?;
+        let mut command = self.base.link.open_command().await?;
+        if self.base.retention.is_on() {
             // Before the link is up: no kept message goes out unloaded.
             timed(history::load(&mut command)).await?;
         }
@@ -111,9 +93,13 @@ impl Supervisor {
         mut command: Commands,
     ) -> LinkError {
         let reader = self.reader.take().unwrap_or_else(|| {
-            Reader::new(Arc::clone(&self.router), self.names.clone(), self.retention)
+            Reader::new(
+                Arc::clone(&self.base.router),
+                self.base.names.clone(),
+                self.base.retention,
+            )
         });
-        let (tell, events) = Tell::channel(self.retention);
+        let (tell, events) = Tell::channel(self.base.retention);
         self.tell = Some(tell);
         let mut reader = tokio::spawn(reader.run(stream, events, command.clone()));
         let lost = self.serve_with(&mut sink, &mut command, &reader).await;
@@ -127,7 +113,7 @@ impl Supervisor {
                 None
             }
         };
-        self.subs.lose_all();
+        self.base.subs.lose_all();
         self.unsubscribes.clear();
         lost
     }
@@ -139,17 +125,17 @@ impl Supervisor {
         reader: &tokio::task::JoinHandle<Reader>,
     ) -> LinkError {
         // Everything the router holds must be (re)subscribed.
-        self.subs.mark_all(self.router.routes());
+        self.base.subs.mark_all(self.base.router.routes());
         if let Err(e) = self.reconcile(sink).await {
             return e;
         }
         self.tell(Event::Settled);
-        self.link.set_up(command.clone());
+        self.base.link.set_up(command.clone());
         let mut probe = tokio::time::interval(PROBE_EVERY);
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         loop {
             let step = tokio::select! {
-                _ = self.subs.wake.notified() => self.reconcile(sink).await,
+                _ = self.base.subs.wake.notified() => self.reconcile(sink).await,
                 _ = tick.tick() => self.reconcile(sink).await,
                 _ = probe.tick() => probe_both(sink, command).await,
             };
@@ -165,26 +151,22 @@ impl Supervisor {
     /// Carries out the plan for every dirty route, in batches.
     async fn reconcile(&mut self, sink: &mut PubSubSink) -> Result<(), LinkError> {
         let plan = self.unsubscribes.plan(
-            self.subs.take_dirty(),
-            |r| self.router.wants(r),
-            |r| self.subs.is_confirmed(r),
+            self.base.subs.take_dirty(),
+            |r| self.base.router.wants(r),
+            |r| self.base.subs.is_confirmed(r),
             Instant::now(),
         );
         for chunk in plan.subscribe.chunks(BATCH) {
-            timed(sink.subscribe(self.channels(chunk))).await?;
-            self.subs.confirm(chunk, true);
+            timed(sink.subscribe(self.base.channels(chunk))).await?;
+            self.base.subs.confirm(chunk, true);
             self.tell(Event::Subscribed(chunk.to_vec()));
         }
         for chunk in plan.unsubscribe.chunks(BATCH) {
-            timed(sink.unsubscribe(self.channels(chunk))).await?;
-            self.subs.confirm(chunk, false);
+            timed(sink.unsubscribe(self.base.channels(chunk))).await?;
+            self.base.subs.confirm(chunk, false);
             self.tell(Event::Unsubscribed(chunk.to_vec()));
         }
         Ok(())
-    }
-
-    fn channels(&self, routes: &[Route]) -> Vec<String> {
-        routes.iter().map(|r| self.names.channel(r)).collect()
     }
 
     fn tell(&self, event: Event) {

@@ -55,15 +55,13 @@ use redis::Msg;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
 use super::history;
-use super::link::{timed, Backoff, Commands, NodeAddr, RedisLink, PROBE_EVERY};
+use super::link::{timed, Backoff, Commands, NodeAddr, PROBE_EVERY};
 use super::plan::{Unsubscribes, BATCH, RECONCILE_EVERY};
 use super::reader::{Event, Reader, Tell};
 use super::slots::{Slot, SlotMap};
-use super::subscriptions::Subscriptions;
-use crate::channels::{Names, Route};
-use crate::history::Retention;
+use super::supervisor::Base;
+use crate::channels::Route;
 use crate::metrics;
-use crate::router::Router;
 use shard::{Alarm, Answer, Shard, ShardId};
 
 /// How often the slot map is read again without a reason.
@@ -72,11 +70,7 @@ const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// Owns the shard connections: connects, reconciles, probes, follows the
 /// cluster's changes.
 pub struct Supervisor {
-    link: Arc<RedisLink>,
-    router: Arc<Router>,
-    names: Names,
-    retention: Retention,
-    subs: Arc<Subscriptions>,
+    base: Base,
     map: Arc<SlotMap>,
     /// Whether the last refresh of the slot map worked.
     mapped: bool,
@@ -102,25 +96,14 @@ struct Inboxes {
 }
 
 impl Supervisor {
-    pub fn new(
-        link: Arc<RedisLink>,
-        router: Arc<Router>,
-        names: Names,
-        retention: Retention,
-        subs: Arc<Subscriptions>,
-        map: Arc<SlotMap>,
-    ) -> Supervisor {
+    pub fn new(base: Base, map: Arc<SlotMap>) -> Supervisor {
         let (messages, messages_rx) = mpsc::unbounded_channel();
         let (alarms, alarms_rx) = mpsc::unbounded_channel();
-        let (tell, events_rx) = Tell::channel(retention);
+        let (tell, events_rx) = Tell::channel(base.retention);
         // Not ready before the first subscriptions.
-        subs.impaired.store(true, Ordering::Release);
+        base.subs.impaired.store(true, Ordering::Release);
         Supervisor {
-            link,
-            router,
-            names,
-            retention,
-            subs,
+            base,
             map,
             mapped: false,
             shards: HashMap::new(),
@@ -147,8 +130,8 @@ impl Supervisor {
         let mut messages = inboxes.messages;
         let stream = futures_util::stream::poll_fn(move |cx| messages.poll_recv(cx));
         tokio::spawn(reader.run(stream, inboxes.events, command.clone()));
-        self.link.set_up(command);
-        metrics::redis_up(!self.subs.impaired.load(Ordering::Acquire));
+        self.base.link.set_up(command);
+        metrics::redis_up(!self.base.subs.impaired.load(Ordering::Acquire));
         let mut alarms = inboxes.alarms;
         let mut probe = tokio::time::interval(PROBE_EVERY);
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
@@ -156,7 +139,7 @@ impl Supervisor {
         let map = Arc::clone(&self.map);
         loop {
             tokio::select! {
-                _ = self.subs.wake.notified() => self.reconcile().await,
+                _ = self.base.subs.wake.notified() => self.reconcile().await,
                 _ = tick.tick() => self.reconcile().await,
                 _ = probe.tick() => self.probe().await,
                 _ = refresh.tick() => self.refresh().await,
@@ -164,7 +147,7 @@ impl Supervisor {
                 Some(alarm) = alarms.recv() => self.on_alarm(alarm).await,
             }
             let impaired = !self.mapped || !self.failing.is_empty();
-            if self.subs.impaired.swap(impaired, Ordering::AcqRel) != impaired {
+            if self.base.subs.impaired.swap(impaired, Ordering::AcqRel) != impaired {
                 // `aether_redis_up` tells the truth /readyz tells.
                 metrics::redis_up(!impaired);
             }
@@ -200,8 +183,13 @@ impl Supervisor {
         if !self.mapped {
             return Err("no slot map".into());
         }
-        let mut command = self.link.open_command().await.map_err(|e| e.to_string())?;
-        if self.retention.is_on() {
+        let mut command = self
+            .base
+            .link
+            .open_command()
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.base.retention.is_on() {
             // SCRIPT LOAD goes to every master.
             timed(history::load(&mut command))
                 .await
@@ -213,7 +201,7 @@ impl Supervisor {
     /// Reads the slot map again; rebuilds the shards whose channels moved.
     async fn refresh(&mut self) {
         let current = self.map.get();
-        match current.fetch(&self.link).await {
+        match current.fetch(&self.base.link).await {
             Ok(topology) => {
                 self.mapped = true;
                 if !topology.is_complete() {
@@ -245,7 +233,7 @@ impl Supervisor {
             .values()
             .filter(|shard| {
                 shard.routes.iter().any(|route| {
-                    let slot = Slot::of(&self.names.channel(route));
+                    let slot = Slot::of(&self.base.names.channel(route));
                     topology.master_of(slot) != Some(&shard.addr)
                 })
             })
@@ -270,6 +258,7 @@ impl Supervisor {
                 // Ours to unsubscribe only if still placed there: what we
                 // unsubscribed ourselves is no longer.
                 let ours = self
+                    .base
                     .names
                     .route(&channel)
                     .is_some_and(|r| self.placed.get(&r) == Some(&addr));
@@ -325,11 +314,11 @@ impl Supervisor {
             self.placed.remove(route);
             self.unsubscribes.forget(route);
         }
-        self.subs.confirm(&routes, false);
+        self.base.subs.confirm(&routes, false);
         let (wanted, unwanted): (Vec<Route>, Vec<Route>) =
-            routes.into_iter().partition(|r| self.router.wants(r));
+            routes.into_iter().partition(|r| self.base.router.wants(r));
         self.failing.extend(wanted.iter().cloned());
-        self.subs.mark_all(wanted.iter().cloned());
+        self.base.subs.mark_all(wanted.iter().cloned());
         self.tell(Event::Unsubscribed(unwanted));
         self.tell(Event::Lost(wanted));
     }
@@ -337,9 +326,9 @@ impl Supervisor {
     /// Carries out the plan for every dirty route (and every route that
     /// failed before), shard by shard.
     async fn reconcile(&mut self) {
-        let mut dirty = self.subs.take_dirty();
+        let mut dirty = self.base.subs.take_dirty();
         dirty.extend(self.failing.iter().cloned());
-        let router = &self.router;
+        let router = &self.base.router;
         self.failing.retain(|r| router.wants(r));
         let placed = &self.placed;
         let plan = self.unsubscribes.plan(
@@ -357,7 +346,7 @@ impl Supervisor {
         let topology = self.map.get();
         let mut groups: BTreeMap<NodeAddr, Vec<Route>> = BTreeMap::new();
         for route in routes {
-            let slot = Slot::of(&self.names.channel(&route));
+            let slot = Slot::of(&self.base.names.channel(&route));
             match topology.master_of(slot) {
                 Some(master) => groups.entry(master.clone()).or_default().push(route),
                 None => {
@@ -388,7 +377,7 @@ impl Supervisor {
         let Some(shard) = self.shards.get_mut(master) else {
             return;
         };
-        let channels: Vec<String> = routes.iter().map(|r| self.names.channel(r)).collect();
+        let channels = self.base.channels(routes);
         let answers = match timed(shard.subscribe(&channels)).await {
             Ok(answers) if answers.len() == routes.len() => answers,
             other => {
@@ -420,7 +409,7 @@ impl Supervisor {
             self.failing.remove(route);
         }
         metrics::redis_shard(&label, true, shard.routes.len());
-        self.subs.confirm(&confirmed, true);
+        self.base.subs.confirm(&confirmed, true);
         self.tell(Event::Subscribed(confirmed));
         if moved {
             self.map.moved();
@@ -431,7 +420,7 @@ impl Supervisor {
         self.next_shard += 1;
         let id = ShardId(self.next_shard);
         let opening = Shard::open(
-            &self.link,
+            &self.base.link,
             id,
             master.clone(),
             self.messages.clone(),
@@ -462,7 +451,7 @@ impl Supervisor {
         let Some(shard) = self.shards.get_mut(addr) else {
             return;
         };
-        let channels: Vec<String> = routes.iter().map(|r| self.names.channel(r)).collect();
+        let channels = self.base.channels(routes);
         if let Err(e) = timed(shard.unsubscribe(&channels)).await {
             self.lose(addr, &format!("SUNSUBSCRIBE failed: {e}"));
             return;
@@ -472,7 +461,7 @@ impl Supervisor {
             self.placed.remove(route);
         }
         metrics::redis_shard(&addr.to_string(), true, shard.routes.len());
-        self.subs.confirm(routes, false);
+        self.base.subs.confirm(routes, false);
         self.tell(Event::Unsubscribed(routes.to_vec()));
     }
 
