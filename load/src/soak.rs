@@ -26,6 +26,7 @@
 //! [`tally`] the counters and columns, [`track`] the judging of routes, and
 //! [`slow`] one slow-consumer round.
 
+mod life;
 mod member;
 mod session;
 mod slow;
@@ -43,7 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::Hubs;
 use crate::stats;
-use member::{member, Member};
+use life::member;
+use member::Member;
 use tally::{Tally, C, COLUMNS};
 
 #[derive(clap::Args, Clone)]

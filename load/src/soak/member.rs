@@ -1,24 +1,14 @@
 //! A member of the soak: one socket of the load ([`Member`]: its group,
-//! its role, its hub), and its life: connect with its positions, run a
-//! [`Session`], and come back after a churn ([`Churn`]: when a worker
-//! leaves) or a lost connection, resuming from where it was, until the run
-//! ends.
+//! its role, its hub), when it next leaves ([`Churn`]), and why one of its
+//! sessions ended ([`End`]). Its life is `life.rs`; one connection's
+//! traffic is `session.rs`.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::session::{Session, Traffic};
-use super::tally::C;
 use super::track::{Kind, Position};
 use super::Shared;
-use crate::client;
-
-/// Connect attempts for one (re)connect, `RETRY` apart.
-const CONNECT_ATTEMPTS: usize = 240;
-const RETRY: Duration = Duration::from_millis(500);
 
 /// One socket of the load: member `n` of group `group` (0: controller).
 #[derive(Clone, Copy)]
@@ -32,7 +22,7 @@ impl Member {
         self.n == 0
     }
 
-    fn group_id(self) -> String {
+    pub(super) fn group_id(self) -> String {
         format!("soak-g{}", self.group)
     }
 
@@ -45,7 +35,7 @@ impl Member {
 
     /// Its hub on its `round`-th connect: a group's sockets alternate over
     /// the hubs, and a worker moves to the next hub each time it returns.
-    fn hub(self, round: usize) -> usize {
+    pub(super) fn hub(self, round: usize) -> usize {
         let moves = if self.is_controller() { 0 } else { round };
         self.group + self.n + moves
     }
@@ -60,7 +50,7 @@ impl Member {
         }
     }
 
-    fn query(self, positions: &[Position; 2]) -> String {
+    pub(super) fn query(self, positions: &[Position; 2]) -> String {
         self.routes()
             .iter()
             .map(|k| format!("since_{}={}", k.name(), positions[*k as usize].since()))
@@ -76,81 +66,6 @@ pub(super) enum End {
     Lost(String),
 }
 
-/// One member's life: connect, run, and come back after a churn or a
-/// lost connection, resuming from its positions, until the run ends.
-pub(super) async fn member(shared: Arc<Shared>, me: Member) {
-    let mut positions = [Position::default(), Position::default()];
-    let mut traffic = Traffic::new(&shared.args, me);
-    let mut churn = Churn::new(&shared, me);
-    let mut ready = false;
-    let mut round = 0;
-    while !shared.stop.is_cancelled() {
-        let Some(ws) = connect(&shared, me, &positions, round).await else {
-            break;
-        };
-        if round > 0 {
-            shared.tally.add(C::Reconnects, 1);
-        }
-        round += 1;
-        shared.tally.connected.fetch_add(1, Ordering::Relaxed);
-        let session = Session::new(&shared, me, &mut positions, &mut ready);
-        let end = session.run(ws, &mut traffic, &mut churn).await;
-        shared.tally.connected.fetch_sub(1, Ordering::Relaxed);
-        let pause = match end {
-            End::Stop => break,
-            End::Churn => Duration::from_millis(rand::random_range(200..3000)),
-            End::Lost(why) => {
-                shared.tally.add(C::UnexpectedCloses, 1);
-                shared.tally.note(|| format!("{}: {why}", me.client_id()));
-                RETRY
-            }
-        };
-        tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
-}
-
-/// Opens `me`'s socket with its positions, retrying (bounded) while the
-/// hub refuses (503 while Redis is down).
-async fn connect(
-    shared: &Shared,
-    me: Member,
-    positions: &[Position; 2],
-    round: usize,
-) -> Option<client::Ws> {
-    let (group, client, query) = (me.group_id(), me.client_id(), me.query(positions));
-    for attempt in 0..CONNECT_ATTEMPTS {
-        let opened = {
-            let _permit = shared.gate.acquire().await.ok()?;
-            if shared.stop.is_cancelled() {
-                return None;
-            }
-            shared
-                .args
-                .hubs
-                .connect_with(me.hub(round + attempt), &group, &client, &query)
-                .await
-        };
-        match opened {
-            Ok(ws) => return Some(ws),
-            Err(e) => {
-                shared.tally.add(C::ConnectFailures, 1);
-                shared.tally.note(|| format!("{client}: connect: {e}"));
-            }
-        }
-        tokio::select! {
-            _ = shared.stop.cancelled() => return None,
-            _ = tokio::time::sleep(RETRY) => {}
-        }
-    }
-    shared
-        .tally
-        .note(|| format!("{client}: gave up after {CONNECT_ATTEMPTS} connect attempts"));
-    None
-}
-
 /// When a worker next leaves (controllers stay).
 pub(super) struct Churn {
     /// Mean time between one worker's reconnects; None: never.
@@ -159,7 +74,7 @@ pub(super) struct Churn {
 }
 
 impl Churn {
-    fn new(shared: &Shared, me: Member) -> Churn {
+    pub(super) fn new(shared: &Shared, me: Member) -> Churn {
         let rate = shared.args.churn;
         let mean = (!me.is_controller() && rate > 0.0)
             .then(|| Duration::from_secs_f64(shared.workers() as f64 / rate));

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# A/B of the hot path against an earlier commit, in one run: the base's
+# binaries and this tree's take turns (B A A B ...) on the same shapes, so
+# both see the same machine. Per run it reports deliveries/s (the load
+# tool's) and the hubs' CPU time per delivery: utime+stime of every hub
+# process (/proc/PID/stat) over the whole run divided by the deliveries
+# they counted (aether_messages_delivered_total), the steadier figure on a
+# 2-core machine where the load tool competes for the cores.
+#
+#   benches/ab.sh REV [ROUNDS]     (REV: the base commit; ROUNDS: 3)
+#
+# AB_BASE_HUB=FILE uses that binary as the base (built from REV already)
+# instead of building REV in a worktree.
+#
+# Shapes: fan-out 1 x 1,000 at full speed in memory and through two hubs
+# on one Redis; 200 groups x 5 subscribers at full speed, the shape of
+# group coordination, in memory and through Redis. Loopback only; every
+# run is bounded (2 s warm-up + 10 s). Writes target/ab/results.csv and
+# prints each shape's medians and the ratio new / base.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rev=${1:?usage: benches/ab.sh REV [ROUNDS]}
+rounds=${2:-3}
+out=target/ab
+base=$out/base
+mkdir -p "$out"
+
+# The base, built in a worktree of its own (its own target dir).
+base_hub=${AB_BASE_HUB:-$base/target/release/aether-hub}
+if [ -z "${AB_BASE_HUB:-}" ]; then
+  if [ ! -d "$base/src" ]; then
+    git worktree add --force --detach "$base" "$rev" >/dev/null
+  else
+    git -C "$base" checkout --quiet --detach "$rev"
+  fi
+  (cd "$base" && cargo build --release --quiet --bin aether-hub)
+fi
+cargo build --release --quiet --bin aether-hub --bin aether-load
+load=target/release/aether-load
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+hub() { # binary port [env...]
+  local bin=$1 port=$2; shift 2
+  env AETHER_BIND="127.0.0.1:$port" AETHER_LOG=error "$@" "$bin" & pids+=($!)
+  wait_port "$port"
+}
+cpu_ticks() { # pid: utime + stime, in clock ticks
+  awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+delivered() { # port: the hub's deliveries so far (0 before the first)
+  curl -s "127.0.0.1:$1/metrics" | awk '/^aether_messages_delivered_total / { n = $2 } END { printf "%d\n", n }'
+}
+
+redis_port=16499
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null &
+redis_pid=$!
+trap 'cleanup; kill $redis_pid 2>/dev/null || true' EXIT
+wait_port "$redis_port"
+
+# run NAME BIN MODE GROUPS SUBSCRIBERS -> appends a CSV row
+run() {
+  local name=$1 bin=$2 mode=$3 groups=$4 subs=$5 ports=() urls=()
+  if [ "$mode" = memory ]; then
+    ports=(18401)
+    hub "$bin" 18401
+  else
+    redis-cli -p "$redis_port" flushall >/dev/null
+    ports=(18411 18412)
+    hub "$bin" 18411 AETHER_REDIS_URL="redis://127.0.0.1:$redis_port/"
+    hub "$bin" 18412 AETHER_REDIS_URL="redis://127.0.0.1:$redis_port/"
+    sleep 1
+  fi
+  for p in "${ports[@]}"; do urls+=(--url "ws://127.0.0.1:$p"); done
+  local ticks0=0 ticks1=0 d0=0 d1=0 pid
+  for pid in "${pids[@]}"; do ticks0=$((ticks0 + $(cpu_ticks "$pid"))); done
+  for p in "${ports[@]}"; do d0=$((d0 + $(delivered "$p"))); done
+  "$load" fanout "${urls[@]}" --groups "$groups" --subscribers "$subs" --duration 10 --warmup 2 2>/dev/null > "$out/run.json"
+  for pid in "${pids[@]}"; do ticks1=$((ticks1 + $(cpu_ticks "$pid"))); done
+  for p in "${ports[@]}"; do d1=$((d1 + $(delivered "$p"))); done
+  cleanup
+  python3 - "$name" "$mode" "$groups" "$subs" "$((ticks1 - ticks0))" "$((d1 - d0))" "$(getconf CLK_TCK)" "$out/run.json" <<'PY' | tee -a "$out/results.csv"
+import json, sys
+name, mode, groups, subs, ticks, delivered, hz, path = sys.argv[1:9]
+d = json.loads(open(path).read().strip().splitlines()[-1])
+cpu_us = int(ticks) / int(hz) * 1e6 / max(int(delivered), 1)
+print(f"{name},{mode},{groups}x{subs},{d['deliveries_per_sec']:.0f},{cpu_us:.3f},{d['loss']},{d['order_violations']}")
+PY
+}
+
+echo "binary,mode,shape,deliveries_per_sec,hub_cpu_us_per_delivery,loss,order_violations" > "$out/results.csv"
+shapes=("memory 1 1000" "redis 1 1000" "memory 200 5" "redis 200 5")
+for round in $(seq "$rounds"); do
+  for shape in "${shapes[@]}"; do
+    read -r mode groups subs <<<"$shape"
+    # B A in odd rounds, A B in even ones.
+    if [ $((round % 2)) -eq 1 ]; then order=(base new); else order=(new base); fi
+    for who in "${order[@]}"; do
+      bin=target/release/aether-hub
+      [ "$who" = base ] && bin=$base_hub
+      run "$who" "$bin" "$mode" "$groups" "$subs" >/dev/null
+    done
+    echo "round $round/$rounds: $mode $groups x $subs done" >&2
+  done
+done
+
+python3 - "$out/results.csv" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+shapes = sorted({(r["mode"], r["shape"]) for r in rows}, key=lambda s: (s[1], s[0]))
+print("mode,shape,base deliveries/s,new deliveries/s,ratio,base us/delivery,new us/delivery,ratio (base/new: >1 is cheaper),loss,order violations")
+for mode, shape in shapes:
+    def med(who, key):
+        return statistics.median(float(r[key]) for r in rows if r["mode"] == mode and r["shape"] == shape and r["binary"] == who)
+    loss = sum(int(r["loss"]) for r in rows if r["mode"] == mode and r["shape"] == shape)
+    order = sum(int(r["order_violations"]) for r in rows if r["mode"] == mode and r["shape"] == shape)
+    b, n = med("base", "deliveries_per_sec"), med("new", "deliveries_per_sec")
+    bc, nc = med("base", "hub_cpu_us_per_delivery"), med("new", "hub_cpu_us_per_delivery")
+    print(f"{mode},{shape},{b:.0f},{n:.0f},{n/b:.3f},{bc:.3f},{nc:.3f},{bc/nc:.3f},{loss},{order}")
+PY
