@@ -10,7 +10,9 @@
 #   benches/ab.sh REV [ROUNDS]     (REV: the base commit; ROUNDS: 3)
 #
 # AB_BASE_HUB=FILE uses that binary as the base (built from REV already)
-# instead of building REV in a worktree.
+# instead of building REV in a worktree; AB_NEW_HUB=FILE likewise for the
+# other side; AB_SHAPES="memory 200 5;redis 1 1000" runs only those shapes
+# (mode, groups, subscribers).
 #
 # Shapes: fan-out 1 x 1,000 at full speed in memory and through two hubs
 # on one Redis; 200 groups x 5 subscribers at full speed, the shape of
@@ -36,11 +38,16 @@ if [ -z "${AB_BASE_HUB:-}" ]; then
   (cd "$base" && cargo build --release --quiet --bin aether-hub)
 fi
 cargo build --release --quiet --bin aether-hub --bin aether-load
+new_hub=${AB_NEW_HUB:-target/release/aether-hub}
 load=target/release/aether-load
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+cleanup() { # the hubs (Redis stays for the next run)
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
 trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 hub() { # binary port [env...]
@@ -92,14 +99,14 @@ PY
 }
 
 echo "binary,mode,shape,deliveries_per_sec,hub_cpu_us_per_delivery,loss,order_violations" > "$out/results.csv"
-shapes=("memory 1 1000" "redis 1 1000" "memory 200 5" "redis 200 5")
+IFS=';' read -r -a shapes <<<"${AB_SHAPES:-memory 1 1000;redis 1 1000;memory 200 5;redis 200 5}"
 for round in $(seq "$rounds"); do
   for shape in "${shapes[@]}"; do
     read -r mode groups subs <<<"$shape"
     # B A in odd rounds, A B in even ones.
     if [ $((round % 2)) -eq 1 ]; then order=(base new); else order=(new base); fi
     for who in "${order[@]}"; do
-      bin=target/release/aether-hub
+      bin=$new_hub
       [ "$who" = base ] && bin=$base_hub
       run "$who" "$bin" "$mode" "$groups" "$subs" >/dev/null
     done

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use aether_hub::channels::{Names, Route};
 use aether_hub::delivery::Delivery;
 use aether_hub::outbox::Outbox;
-use aether_hub::protocol::{self, Encoded, Origin, VisionId};
+use aether_hub::protocol::{self, Origin, VisionId};
 use aether_hub::router::{Router, SocketId};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -88,7 +88,7 @@ fn dispatch_to(c: &mut Criterion, name: &str) {
             assert!(joined.is_ok(), "a group route has no client limit");
             receivers.push((outbox, rx));
         }
-        let msg = Delivery::plain(Encoded::from_text(frame()));
+        let msg = Delivery::plain(&frame());
         bench.bench_with_input(
             BenchmarkId::from_parameter(subscribers),
             &subscribers,

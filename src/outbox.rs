@@ -94,10 +94,9 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Encoded;
 
     fn msg() -> Delivery {
-        Delivery::plain(Encoded::from_text("{}"))
+        Delivery::plain("{}")
     }
 
     #[tokio::test]

@@ -83,14 +83,14 @@ impl Dedup {
 
     /// Whether `msg`, a live message, was already replayed.
     pub fn replayed(&mut self, msg: &Delivery) -> bool {
-        let Some(place) = msg.place() else {
+        let (Some(place), Some(epoch)) = (msg.place(), msg.epoch()) else {
             return false;
         };
         let Some(i) = self.pending.iter().position(|(k, _, _)| *k == place.kind) else {
             return false;
         };
         let (_, ref seen, last) = self.pending[i];
-        if *seen == place.epoch && place.offset <= last {
+        if seen.as_str() == epoch && place.offset <= last {
             return true;
         }
         self.pending.swap_remove(i);
@@ -101,7 +101,6 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::Place;
     use crate::history::number;
 
     #[test]
@@ -112,15 +111,7 @@ mod tests {
                 r#"{{"version":"3","msg_type":"cmd","target":"{}"}}"#,
                 kind.as_str()
             );
-            let epoch = epoch.clone();
-            Delivery::kept(
-                number(&text, offset, &epoch),
-                Place {
-                    kind,
-                    offset,
-                    epoch,
-                },
-            )
+            Delivery::numbered(&number(&text, offset, &epoch), kind)
         };
         let mut dedup = Dedup::default();
         dedup.watch(RouteKind::Group, epoch.clone(), 5);
@@ -130,7 +121,7 @@ mod tests {
             !dedup.replayed(&live(RouteKind::Client, 1)),
             "another route"
         );
-        let raw = Delivery::plain(Encoded::from_text(r#"{"target":"group","raw":true}"#));
+        let raw = Delivery::numbered(r#"{"target":"group","raw":true}"#, RouteKind::Group);
         assert!(!dedup.replayed(&raw), "no offset");
         assert!(!dedup.is_done());
         assert!(!dedup.replayed(&live(RouteKind::Group, 6)));

@@ -160,10 +160,10 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{id, Encoded};
+    use crate::protocol::id;
 
     fn msg() -> Delivery {
-        Delivery::plain(Encoded::from_text("{}"))
+        Delivery::plain("{}")
     }
 
     #[test]

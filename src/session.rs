@@ -274,7 +274,7 @@ where
                 return Ok(());
             }
         };
-        self.write(Delivery::plain(reply)).await
+        self.write(Delivery::plain(reply.as_str())).await
     }
 
     /// The next tick: one period from now, or the token's expiry if that

@@ -34,11 +34,11 @@ use support::redis::smembers;
 use support::{msg, Client, Event, TIMEOUT};
 
 /// The hub PINGs Redis every second on both connections and gives each
-/// PING `redis_link::TIMEOUT` (`PROBE_EVERY` and `probe_both` in
-/// src/broker/redis.rs, private there).
+/// PING `REDIS_TIMEOUT` (`PROBE_EVERY` in src/broker/redis/link/mod.rs,
+/// `probe_both` in src/broker/redis/single.rs, private there).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// The reconnect backoff's ceiling, before its ±50 % jitter
-/// (`BACKOFF_MAX` in src/broker/redis.rs).
+/// (`BACKOFF_MAX` in src/broker/redis/link/backoff.rs).
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a session waits for the close handshake before it drops the
 /// TCP connection (`CLOSE_TIMEOUT` in src/session.rs).

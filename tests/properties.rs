@@ -24,7 +24,7 @@ use proptest::test_runner::RngSeed;
 use tokio::sync::mpsc;
 
 use aether_hub::channels::Route;
-use aether_hub::delivery::{Delivery, Place};
+use aether_hub::delivery::Delivery;
 use aether_hub::history::{
     decide, number, position_of, Epoch, Kept, Position, Recovery, RouteKind, Since,
 };
@@ -154,7 +154,7 @@ fn check(
         prop_assert_eq!(router.wants(&route), local.contains(&route), "{:?}", route);
     }
     // Nobody is the sender: a message reaches every socket on the route.
-    let probe = Delivery::plain(Encoded::from_text("{}"));
+    let probe = Delivery::plain("{}");
     for route in probed {
         let fanout = router.dispatch(route, &probe, "svc");
         let members = model.members.get(route).cloned().unwrap_or_default();
@@ -344,7 +344,7 @@ fn message(kind: RouteKind, offset: u64, own: bool) -> Encoded {
         r#"{{"msg_type":"msg",{address},"from_id":"{from}","payload":{{"offset":0,"epoch":"x","n":{offset}}}}}"#
     );
     let msg = protocol::parse(&frame, Origin::Service).unwrap().encode();
-    number(msg.as_str(), offset, &Epoch::parse(EPOCH).unwrap())
+    Encoded::from_text(number(msg.as_str(), offset, &Epoch::parse(EPOCH).unwrap()))
 }
 
 /// What the socket hears: a route's message (its kind and offset), the
@@ -420,16 +420,8 @@ fn run_merge(merge: Merge) -> Result<(), TestCaseError> {
             (case.live_after + 1..=case.numbered)
                 .filter(|&o| hears_offset(o))
                 .map(|offset| {
-                    let text = msgs[offset as usize - 1].clone();
-                    let epoch = epoch.clone();
-                    Delivery::kept(
-                        text,
-                        Place {
-                            kind,
-                            offset,
-                            epoch,
-                        },
-                    )
+                    let text = msgs[offset as usize - 1].as_str();
+                    Delivery::numbered(text, kind)
                 }),
         );
         // The plain model: a route resumes from where the socket asked if
@@ -487,7 +479,7 @@ fn run_merge(merge: Merge) -> Result<(), TestCaseError> {
         let who = id(&format!("p{n}"));
         let event = protocol::presence_event(PresenceEvent::Join, &group, &who);
         texts.insert(event.as_str().to_owned(), Heard::Unnumbered(n));
-        live[3].push_back(Delivery::plain(event));
+        live[3].push_back(Delivery::plain(event.as_str()));
     }
 
     // The session: the replay and summary first, then the queue, less what

@@ -6,7 +6,7 @@
 //! (1, 2, 3, … per route) and the route's `epoch`, spliced onto the end of
 //! its encoded text by [`number`], so numbering never re-encodes the
 //! message. The broker decides the numbers: in memory under the route's own
-//! lock ([`memory::MemoryHistory`]), in Redis in one server-side script, so
+//! lock (`broker/memory/history.rs`), in Redis in one server-side script, so
 //! every instance sees one order.
 //!
 //! A socket asks to resume with `since_client`, `since_group` and
@@ -16,9 +16,8 @@
 //! live message of those routes, dropping live messages the replay already
 //! carried (`replay.rs`).
 
-pub mod memory;
-
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +43,19 @@ impl Retention {
 pub const POSITION_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// One lifetime of a route's numbering: 1 to 64 of `[A-Za-z0-9_-]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Epoch(Arc<str>);
+///
+/// Held inline, not behind a pointer: every kept message on its way to the
+/// sockets carries its epoch, and a copy of 65 bytes costs neither an
+/// allocation (the reader reads one per message) nor a reference count
+/// shared by every message of a route across threads.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Epoch {
+    len: u8,
+    /// The epoch's bytes, then zeros (so that derived equality holds).
+    bytes: [u8; EPOCH_MAX],
+}
+
+const EPOCH_MAX: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SinceError {
@@ -55,19 +65,33 @@ pub enum SinceError {
 
 impl Epoch {
     pub fn parse(s: &str) -> Option<Epoch> {
-        let valid = (1..=64).contains(&s.len())
+        let valid = (1..=EPOCH_MAX).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        valid.then(|| Epoch(s.into()))
+        if !valid {
+            return None;
+        }
+        let mut bytes = [0; EPOCH_MAX];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        let len = u8::try_from(s.len()).ok()?;
+        Some(Epoch { len, bytes })
     }
 
     /// A fresh epoch: 16 random hex digits.
     pub fn random() -> Epoch {
-        Epoch(format!("{:016x}", rand::random::<u64>()).into())
+        let hex = format!("{:016x}", rand::random::<u64>());
+        Epoch::parse(&hex).unwrap_or_else(|| unreachable!("16 hex digits are an epoch"))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // ASCII by construction: never the empty fallback.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Epoch({:?})", self.as_str())
     }
 }
 
@@ -236,7 +260,7 @@ pub fn decide(since: &Since, position: &Position, kept: Vec<Kept>) -> Outcome {
 
 /// `text` (a JSON object the hub encoded) with `offset` and `epoch` added
 /// as its last fields.
-pub fn number(text: &str, offset: u64, epoch: &Epoch) -> Encoded {
+pub fn number(text: &str, offset: u64, epoch: &Epoch) -> String {
     let body = text.strip_suffix('}').unwrap_or(text);
     let mut out = String::with_capacity(text.len() + 48 + epoch.as_str().len());
     out.push_str(body);
@@ -245,7 +269,7 @@ pub fn number(text: &str, offset: u64, epoch: &Epoch) -> Encoded {
     out.push_str(",\"epoch\":\"");
     out.push_str(epoch.as_str());
     out.push_str("\"}");
-    Encoded::from_text(out)
+    out
 }
 
 /// The offset and epoch [`number`] wrote at the end of `text`, if any.

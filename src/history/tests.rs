@@ -1,7 +1,5 @@
 use std::collections::HashMap;
-use std::time::Duration;
 
-use super::memory::MemoryHistory;
 use super::*;
 use crate::protocol::id;
 
@@ -117,62 +115,23 @@ fn a_recovery_is_whole_or_lost() {
     );
 }
 
-fn ring(size: usize, ttl: Duration) -> MemoryHistory {
-    MemoryHistory::new(Retention { size, ttl })
-}
-
 #[test]
-fn memory_history_numbers_keeps_the_last_n_and_recovers() {
-    let history = ring(3, Duration::from_secs(60));
-    let route = Route::Group(id("g"));
-    let mut delivered = Vec::new();
-    for n in 1..=5 {
-        let text = format!(r#"{{"target":"group","n":{n}}}"#);
-        let pos = history.append(&route, &text, "a", |m, at| {
-            assert_eq!(
-                position_of(m.as_str()),
-                Some((at.offset, at.epoch.as_str()))
-            );
-            delivered.push(m.clone())
-        });
-        assert_eq!(pos.offset, n);
+fn an_epoch_reads_back_as_it_was_given() {
+    let longest = "z".repeat(64);
+    for s in ["e", "ep_1-X", longest.as_str()] {
+        assert_eq!(
+            Epoch::parse(s).map(|e| e.as_str().to_owned()),
+            Some(s.to_owned())
+        );
     }
-    let offsets: Vec<u64> = delivered
-        .iter()
-        .map(|m| position_of(m.as_str()).unwrap().0)
-        .collect();
-    assert_eq!(offsets, [1, 2, 3, 4, 5]);
-    let epoch = history.recover(&route, &Since::New).position.unwrap().epoch;
-
-    let recovery = history.recover(&route, &at(epoch.as_str(), 2));
-    match recovery.outcome {
-        Outcome::Recovered(k) => {
-            assert_eq!(k.iter().map(|k| k.offset).collect::<Vec<_>>(), [3, 4, 5])
-        }
-        Outcome::Lost => panic!("3 to 5 are kept"),
-    }
+    assert!(Epoch::parse("").is_none());
+    assert!(Epoch::parse(&"z".repeat(65)).is_none());
+    assert!(Epoch::parse("a:b").is_none());
+    assert_eq!(Epoch::parse("ab"), Epoch::parse("ab"));
+    assert_ne!(Epoch::parse("ab"), Epoch::parse("abc"));
+    assert_eq!(Epoch::random().as_str().len(), 16);
     assert_eq!(
-        history.recover(&route, &at(epoch.as_str(), 1)).outcome,
-        Outcome::Lost
+        format!("{:?}", Epoch::parse("ab").unwrap()),
+        r#"Epoch("ab")"#
     );
-    // Another route has its own numbering, from its first request on.
-    let other = history.recover(&Route::Broadcast, &Since::New);
-    assert_eq!(other.position.unwrap().offset, 0);
-}
-
-#[test]
-fn memory_history_forgets_messages_past_the_ttl_but_not_the_position() {
-    let history = ring(10, Duration::from_millis(30));
-    let route = Route::Client(id("c"));
-    history.append(&route, "{}", "a", |_, _| {});
-    let pos = history.append(&route, "{}", "a", |_, _| {});
-    std::thread::sleep(Duration::from_millis(60));
-    history.sweep();
-    assert_eq!(
-        history.recover(&route, &at(pos.epoch.as_str(), 1)).outcome,
-        Outcome::Lost
-    );
-    let quiet = history.recover(&route, &at(pos.epoch.as_str(), 2));
-    assert_eq!(quiet.outcome, Outcome::Recovered(vec![]));
-    assert_eq!(quiet.position, Some(pos));
 }

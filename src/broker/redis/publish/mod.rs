@@ -2,7 +2,7 @@
 //! the shared command connection, in order, as few pipelines as possible.
 //!
 //! A plain message is a `PUBLISH`; a kept one (history on) is an `EVALSHA`
-//! of the numbering script (`history/redis.rs`), which numbers, stores and
+//! of the numbering script (`history.rs`), which numbers, stores and
 //! publishes it in one step. Both go in the same pipelines, in queue order,
 //! so a sender's order holds whichever kind its messages are. The script's
 //! answer resolves the message's receipt, if it has one.

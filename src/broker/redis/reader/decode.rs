@@ -16,10 +16,10 @@
 use std::borrow::Cow;
 
 use crate::channels::{Names, Route};
-use crate::delivery::{Delivery, Place};
-use crate::history::{position_of, Epoch, RouteKind};
+use crate::delivery::Delivery;
+use crate::history::{Epoch, RouteKind};
 use crate::metrics;
-use crate::protocol::{self, Encoded};
+use crate::protocol;
 use crate::router::Router;
 
 /// A message on its way to the router, and its sender.
@@ -44,38 +44,26 @@ impl Decoded {
         if let Some(sent) = protocol::sent_at_of(text) {
             metrics::pubsub_lag(sent);
         }
-        let place = numbered.then(|| place_of(&route, text)).flatten();
+        let delivery = match numbered {
+            true => Delivery::numbered(text, RouteKind::of(&route)),
+            false => Delivery::plain(text),
+        };
         let sender = match route.skips_sender() {
             true => sender_of(text).map(Cow::into_owned).unwrap_or_default(),
             false => String::new(),
-        };
-        let text = Encoded::from_text(text);
-        let delivery = match place {
-            Some(place) => Delivery::kept(text, place),
-            None => Delivery::plain(text),
         };
         let sender = sender.into_boxed_str();
         Some((route, Decoded { delivery, sender }))
     }
 
     /// The numbering this message is in, if history numbered it.
-    pub fn epoch(&self) -> Option<&Epoch> {
-        self.delivery.place().map(|p| &p.epoch)
+    pub fn epoch(&self) -> Option<Epoch> {
+        Epoch::parse(self.delivery.epoch()?)
     }
 
     pub fn dispatch(&self, router: &Router, route: &Route) {
         router.dispatch(route, &self.delivery, &self.sender);
     }
-}
-
-/// Where the numbering script placed a message on `route`, if it did.
-fn place_of(route: &Route, text: &str) -> Option<Place> {
-    let (offset, epoch) = position_of(text)?;
-    Some(Place {
-        kind: RouteKind::of(route),
-        offset,
-        epoch: Epoch::parse(epoch)?,
-    })
 }
 
 /// The `from_id` of a message, read without building the whole message.
@@ -121,14 +109,14 @@ mod tests {
         let route = Route::Group(id("g"));
         let epoch = Epoch::parse("e1").expect("epoch");
         let text = number(r#"{"from_id":"ctl","target":"group"}"#, 7, &epoch);
-        let msg = message(&names.channel(&route), text.as_str());
+        let msg = message(&names.channel(&route), &text);
         let (got, decoded) = Decoded::read(&names, &msg, true).expect("ours");
         assert_eq!(got, route);
         assert_eq!(&*decoded.sender, "ctl");
-        assert_eq!(decoded.delivery.text(), text.as_str());
+        assert_eq!(decoded.delivery.text(), text);
         let place = decoded.delivery.place().expect("numbered");
         assert_eq!((place.kind, place.offset), (RouteKind::Group, 7));
-        assert_eq!(place.epoch, epoch);
+        assert_eq!(decoded.epoch(), Some(epoch));
         // With history off nothing is placed.
         let (_, off) = Decoded::read(&names, &msg, false).expect("ours");
         assert!(off.delivery.place().is_none());

@@ -335,11 +335,11 @@ impl Reader {
             }
             return;
         }
-        let Some(place) = msg.delivery.place() else {
+        let (Some(place), Some(epoch)) = (msg.delivery.place(), msg.epoch()) else {
             msg.dispatch(&self.router, route);
             return;
         };
-        let (offset, epoch) = (place.offset, place.epoch.clone());
+        let offset = place.offset;
         match next(track, &epoch, offset, may_repair) {
             Next::Dispatch => {
                 *track = Track::Live {

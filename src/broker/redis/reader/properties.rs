@@ -195,7 +195,7 @@ impl World {
             (self.epochs.len() - 1, Vec::new())
         });
         let offset = kept.len() as u64 + 1;
-        let msg = number(self.base.as_str(), offset, &self.epochs[*epoch]);
+        let msg = Encoded::from_text(number(self.base.as_str(), offset, &self.epochs[*epoch]));
         kept.push(msg.clone());
         if self.subscribed && !lost {
             self.wire.push_back(msg);
@@ -372,7 +372,7 @@ impl World {
     fn check_socket(&mut self) -> Result<(), TestCaseError> {
         while let Ok(msg) = self.rx.try_recv() {
             // The place the reader decoded is the one in the text.
-            let place = msg.place().map(|p| (p.offset, p.epoch.as_str()));
+            let place = msg.place().map(|p| p.offset).zip(msg.epoch());
             prop_assert_eq!(place, position_of(msg.text()));
             let Some((epoch, offset)) = self.position(msg.text()) else {
                 let next = self.reached_unnumbered.pop_front();

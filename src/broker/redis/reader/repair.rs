@@ -14,7 +14,7 @@ use super::{Decoded, Fetches, Floor, Reader, Track, FETCHES_IN_FLIGHT};
 use crate::broker::redis::history::{self, Batch, Keys, Range, BATCH};
 use crate::broker::redis::link::Commands;
 use crate::channels::Route;
-use crate::delivery::{Delivery, Place};
+use crate::delivery::Delivery;
 use crate::history::{Epoch, Retention, RouteKind};
 use crate::metrics;
 use crate::router::Router;
@@ -242,12 +242,7 @@ impl Reader {
             if kept.offset > repair.last && wanted {
                 repair.last = kept.offset;
                 repair.repaired += 1;
-                let place = Place {
-                    kind: RouteKind::of(&route),
-                    offset: kept.offset,
-                    epoch: position.epoch.clone(),
-                };
-                let delivery = Delivery::kept(kept.text, place);
+                let delivery = Delivery::numbered(kept.text.as_str(), RouteKind::of(&route));
                 self.router.dispatch(&route, &delivery, &kept.sender);
             }
         }
@@ -345,8 +340,8 @@ impl Repair {
     pub(super) fn first_held_of(&self, epoch: &Epoch) -> Option<u64> {
         self.held
             .iter()
-            .filter_map(|msg| msg.delivery.place())
-            .find(|place| place.epoch == *epoch)
+            .find(|msg| msg.delivery.is_of(epoch))
+            .and_then(|msg| msg.delivery.place())
             .map(|place| place.offset)
     }
 
@@ -357,7 +352,7 @@ impl Repair {
 
     /// The numbering of the last numbered message held.
     pub(super) fn newest_held(&self) -> Option<Epoch> {
-        self.held.iter().rev().find_map(|msg| msg.epoch()).cloned()
+        self.held.iter().rev().find_map(Decoded::epoch)
     }
 
     /// Redis lost the route's keys (its numbering and all) once or more,
@@ -384,11 +379,11 @@ impl Repair {
             last.push((epoch.clone(), *at));
         }
         for msg in self.held.drain(..end) {
-            if let Some(place) = msg.delivery.place() {
-                match last.iter_mut().find(|(seen, _)| *seen == place.epoch) {
+            if let (Some(place), Some(epoch)) = (msg.delivery.place(), msg.epoch()) {
+                match last.iter_mut().find(|(seen, _)| *seen == epoch) {
                     Some((_, at)) if place.offset <= *at => continue,
                     Some((_, at)) => *at = place.offset,
-                    None => last.push((place.epoch.clone(), place.offset)),
+                    None => last.push((epoch, place.offset)),
                 }
             }
             msg.dispatch(router, route);

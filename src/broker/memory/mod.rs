@@ -1,16 +1,18 @@
 //! The in-memory broker: one instance, where publishing is dispatching,
-//! and history is a ring per route in this process.
+//! and history is a ring per route in this process (`history.rs`).
+
+mod history;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{receipt, BoxFuture, Broker, BrokerError, Keep, Receipt};
 use crate::channels::Route;
-use crate::delivery::{Delivery, Place};
-use crate::history::memory::MemoryHistory;
-use crate::history::{Position, Recovery, Retention, RouteKind, Since};
+use crate::delivery::Delivery;
+use crate::history::{Position, Recovery, Retention, Since};
 use crate::protocol::Encoded;
 use crate::router::Router;
+use history::MemoryHistory;
 
 pub struct MemoryBroker {
     router: Arc<Router>,
@@ -45,14 +47,8 @@ impl MemoryBroker {
             self.since_sweep.store(0, Ordering::Relaxed);
             history.sweep();
         }
-        history.append(route, msg.as_str(), sender, |numbered, at| {
-            let place = Place {
-                kind: RouteKind::of(route),
-                offset: at.offset,
-                epoch: at.epoch,
-            };
-            let delivery = Delivery::kept(numbered.clone(), place);
-            self.router.dispatch(route, &delivery, sender);
+        history.append(route, msg.as_str(), sender, |delivery| {
+            self.router.dispatch(route, delivery, sender);
         })
     }
 }
@@ -72,7 +68,8 @@ impl Broker for MemoryBroker {
                 Ok((keep == Keep::WithReceipt).then(|| receipt(position)))
             }
             _ => {
-                self.router.dispatch(route, &Delivery::plain(msg), sender);
+                self.router
+                    .dispatch(route, &Delivery::plain(msg.as_str()), sender);
                 Ok(None)
             }
         }
