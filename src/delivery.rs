@@ -26,6 +26,9 @@ use crate::history::{position_of, Epoch, RouteKind};
 #[derive(Clone)]
 pub struct Delivery(Arc<HeaderSlice<Option<Place>, str>>);
 
+// As wide as the text's own pointer (`Arc<str>`): a queue slot each.
+const _: () = assert!(std::mem::size_of::<Delivery>() == 2 * std::mem::size_of::<usize>());
+
 /// Where a kept message stands in its route's history. Its epoch is the
 /// end of the text, where the numbering wrote it ([`Delivery::epoch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +53,19 @@ impl Delivery {
                 epoch_len,
             })
         });
+        Delivery(Arc::from_header_and_str(place, text))
+    }
+
+    /// A message this instance numbered itself ([`crate::history::number`]
+    /// wrote `offset` and `epoch` at the end of `text`).
+    pub fn kept(text: &str, kind: RouteKind, offset: u64, epoch: &Epoch) -> Delivery {
+        let epoch_len = u8::try_from(epoch.as_str().len()).ok();
+        let place = epoch_len.map(|epoch_len| Place {
+            kind,
+            offset,
+            epoch_len,
+        });
+        debug_assert!(text.ends_with(&format!("\"{}\"}}", epoch.as_str())));
         Delivery(Arc::from_header_and_str(place, text))
     }
 

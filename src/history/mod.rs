@@ -273,15 +273,24 @@ pub fn number(text: &str, offset: u64, epoch: &Epoch) -> String {
 }
 
 /// The offset and epoch [`number`] wrote at the end of `text`, if any.
+///
+/// Read backwards over exactly what [`number`] writes (the epoch's
+/// characters, its key, the offset's digits, its key) rather than searched
+/// for: it runs on every message a hub receives from Redis, and a
+/// substring search costs more to set up than the whole read.
 pub fn position_of(text: &str) -> Option<(u64, &str)> {
     const OFFSET: &str = ",\"offset\":";
     const EPOCH: &str = ",\"epoch\":\"";
     let body = text.strip_suffix("\"}")?;
-    let e = body.rfind(EPOCH)?;
-    let epoch = &body[e + EPOCH.len()..];
-    let head = &body[..e];
-    let o = head.rfind(OFFSET)?;
-    let offset = head[o + OFFSET.len()..].parse().ok()?;
+    let is_epoch = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let e = body.rfind(|c| !is_epoch(c)).map_or(0, |i| i + 1);
+    let epoch = &body[e..];
+    let head = body[..e].strip_suffix(EPOCH)?;
+    let o = head
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    let offset = head[o..].parse().ok()?;
+    head[..o].strip_suffix(OFFSET)?;
     Some((offset, epoch))
 }
 

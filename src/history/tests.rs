@@ -135,3 +135,28 @@ fn an_epoch_reads_back_as_it_was_given() {
         r#"Epoch("ab")"#
     );
 }
+
+#[test]
+fn a_position_is_read_only_from_the_numbered_end() {
+    // Decoys in the payload never count; only the last two fields do.
+    let text = r#"{"payload":{"offset":3,"epoch":"d"},"offset":12,"epoch":"e-1_Z"}"#;
+    assert_eq!(position_of(text), Some((12, "e-1_Z")));
+    for unnumbered in [
+        r#"{"payload":{"offset":3,"epoch":"d"},"n":1}"#,
+        r#"{"a":0,"offset":"12","epoch":"e"}"#,
+        r#"{"a":0,"offset":+12,"epoch":"e"}"#,
+        r#"{"a":0,"offset":,"epoch":"e"}"#,
+        r#"{"a":0,"offset":1,"epoch":"a b"}"#,
+        r#"{"offset":1,"epoch":"e"}"#,
+        r#"{"x":1,"epoch":"e"}"#,
+        r#""epoch":"e"}"#,
+        "",
+    ] {
+        assert_eq!(position_of(unnumbered), None, "{unnumbered}");
+    }
+    // An empty epoch reads as empty; Epoch::parse refuses it.
+    assert_eq!(
+        position_of(r#"{"a":0,"offset":1,"epoch":""}"#),
+        Some((1, ""))
+    );
+}

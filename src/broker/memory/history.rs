@@ -113,7 +113,8 @@ impl MemoryHistory {
         let now = Instant::now();
         ring.offset += 1;
         let numbered = number(text, ring.offset, &ring.epoch);
-        let delivery = Delivery::numbered(&numbered, RouteKind::of(route));
+        let kind = RouteKind::of(route);
+        let delivery = Delivery::kept(&numbered, kind, ring.offset, &ring.epoch);
         deliver(&delivery);
         ring.kept.push_back(Stored {
             at: now,
