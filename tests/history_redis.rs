@@ -652,6 +652,10 @@ async fn a_script_flush_is_survived() {
     boss.send(cmd(1)).await;
     let seen = position(&next_message(&mut worker).await);
     worker.close().await;
+    // Sees cmd 2 numbered before the service publishes: the socket's frame
+    // and the HTTP request travel apart, so without it either may be
+    // numbered first.
+    let mut observer = a.connect("line", "observer").await;
 
     let mut conn = redis.client().await;
     let _: () = redis::cmd("SCRIPT")
@@ -660,6 +664,7 @@ async fn a_script_flush_is_survived() {
         .await
         .unwrap();
     boss.send(cmd(2)).await;
+    assert_eq!(offset(&next_message(&mut observer).await), 2);
     let body = json!({"msg_type": "cmd", "target": "group", "group_id": "line", "from_id": "svc"});
     assert_eq!(
         b.post("/v3/publish", &[], &body.to_string()).await.json()["offset"],
