@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{Broker, BrokerError, Keep, MemoryBroker, Receipt};
+use crate::broker::{Broker, BrokerError, Confirm, Keep, MemoryBroker};
 use crate::channels::Route;
 use crate::config::Limits;
 use crate::delivery::Delivery;
@@ -211,22 +211,17 @@ impl Hub {
         Ok(Resumed::assemble(group, client, answers))
     }
 
-    /// Sends a validated message along its route (kept in history).
-    pub fn publish(&self, msg: &Message<'_>) -> Result<(), BrokerError> {
-        self.publish_kept(msg, Keep::Yes).map(|_| ())
-    }
-
-    /// Like [`Hub::publish`], with a receipt of the message's position when
-    /// history keeps it.
-    pub fn publish_kept(
-        &self,
-        msg: &Message<'_>,
-        keep: Keep,
-    ) -> Result<Option<Receipt>, BrokerError> {
+    /// Sends a validated message along its route (kept in history);
+    /// `confirm`, if any, is told its fate once known.
+    pub fn publish(&self, msg: &Message<'_>, confirm: Option<Confirm>) -> Result<(), BrokerError> {
         let Some(route) = route_of(msg) else {
-            return Ok(None);
+            // Stays on the sending socket: nothing to publish.
+            if let Some(confirm) = confirm {
+                confirm.tell(Ok(None));
+            }
+            return Ok(());
         };
-        self.send(&route, msg.encode(), &msg.from_id, keep)
+        self.send(&route, msg.encode(), &msg.from_id, Keep::Yes, confirm)
     }
 
     pub async fn members(&self, group: &VisionId) -> Result<Vec<String>, PresenceError> {
@@ -239,8 +234,9 @@ impl Hub {
         msg: Encoded,
         sender: &str,
         keep: Keep,
-    ) -> Result<Option<Receipt>, BrokerError> {
-        let sent = self.broker.publish(route, msg, sender, keep);
+        confirm: Option<Confirm>,
+    ) -> Result<(), BrokerError> {
+        let sent = self.broker.publish(route, msg, sender, keep, confirm);
         if sent.is_err() {
             metrics::dropped(DropReason::BrokerUnavailable, 1);
         }
@@ -250,7 +246,7 @@ impl Hub {
     fn announce(&self, event: PresenceEvent, group: &VisionId, client: &VisionId) {
         let msg = protocol::presence_event(event, group, client);
         let group_route = Route::Group(group.clone());
-        if let Err(e) = self.send(&group_route, msg, client.as_str(), Keep::No) {
+        if let Err(e) = self.send(&group_route, msg, client.as_str(), Keep::No, None) {
             tracing::warn!(%group, %client, ?event, "presence event not sent: {e}");
         }
     }
@@ -293,7 +289,7 @@ impl Membership {
         &self.hub
     }
 
-    pub fn outbox(&self) -> &Outbox {
+    pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
     }
 
@@ -381,8 +377,9 @@ mod tests {
             msg: Encoded,
             sender: &str,
             keep: Keep,
-        ) -> Result<Option<Receipt>, BrokerError> {
-            self.inner.publish(route, msg, sender, keep)
+            confirm: Option<Confirm>,
+        ) -> Result<(), BrokerError> {
+            self.inner.publish(route, msg, sender, keep, confirm)
         }
         fn recover<'a>(
             &'a self,

@@ -7,6 +7,7 @@
 //! [`outbox`] of every local socket on that route. [`hub`] ties router,
 //! broker and [`presence`] together; [`http`] and [`server`] expose it.
 
+pub mod ack;
 pub mod auth;
 pub mod broker;
 pub mod channels;

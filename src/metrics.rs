@@ -42,6 +42,10 @@ pub const REDIS_SHARD_RECONNECTS: &str = "aether_redis_shard_reconnects_total";
 pub const REDIS_SHARD_FAILURES: &str = "aether_redis_shard_failures_total";
 /// Tasks alive in the hub's tokio runtime, read when `/metrics` renders.
 pub const TOKIO_TASKS_ALIVE: &str = "aether_tokio_tasks_alive";
+/// Acknowledgements sent (docs/protocol.md section 10), by `status`.
+pub const ACKS: &str = "aether_acks_total";
+/// The statuses an acknowledgement may carry.
+const ACK_STATUSES: [&str; 3] = ["ok", "failed", "unconfirmed"];
 
 /// Why an upgrade was refused (`reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +127,8 @@ struct Handles {
     replayed: Counter,
     gap_repairs: Counter,
     repaired: Counter,
+    /// By [`ACK_STATUSES`].
+    acks: [Counter; 3],
 }
 
 static HANDLES: OnceLock<Handles> = OnceLock::new();
@@ -199,6 +205,7 @@ impl Handles {
             replayed: counter!(MESSAGES_REPLAYED),
             gap_repairs: counter!(GAP_REPAIRS),
             repaired: counter!(MESSAGES_REPAIRED),
+            acks: ACK_STATUSES.map(|s| counter!(ACKS, "status" => s)),
         }
     }
 }
@@ -277,6 +284,10 @@ fn describe() {
     describe_gauge!(
         TOKIO_TASKS_ALIVE,
         "Tasks alive in the hub's tokio runtime (one per socket's session, plus a few)"
+    );
+    describe_counter!(
+        ACKS,
+        "Acknowledgements sent to clients, by status (ok, failed, unconfirmed)"
     );
     describe_histogram!(
         PUBSUB_LAG_SECONDS,
@@ -367,6 +378,16 @@ pub fn pubsub_lag(sent: chrono::DateTime<chrono::FixedOffset>) {
         let lag = chrono::Utc::now().fixed_offset() - sent;
         let seconds = lag.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
         h.pubsub_lag.record(seconds.max(0.0));
+    }
+}
+
+/// One acknowledgement sent, with its status (one of "ok", "failed",
+/// "unconfirmed").
+pub fn acked(status: &str) {
+    if let Some(h) = HANDLES.get() {
+        if let Some(i) = ACK_STATUSES.iter().position(|s| *s == status) {
+            h.acks[i].increment(1);
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::ack::{self, Asker};
 use crate::auth::{Access, Caps};
 use crate::close::Disconnect;
 use crate::config::Limits;
@@ -252,9 +253,14 @@ where
             client: &member.client,
             allow_broadcast: self.limits().allow_client_broadcast,
         };
-        let msg = protocol::parse(text, origin)?;
+        let mut msg = protocol::parse(text, origin)?;
         self.rights.caps.check(msg.msg_type, msg.target)?;
         metrics::frame_received(msg.msg_type, msg.target);
+        let asker = msg.ack_id.take().map(|ack_id| Asker {
+            client: member.client.clone(),
+            group: member.group.clone(),
+            ack_id: ack_id.into_owned(),
+        });
         let reply = match (msg.msg_type, msg.target) {
             (MsgType::Heartbeat, _) => protocol::heartbeat_reply(&member.client),
             (MsgType::Presence, _) => {
@@ -269,12 +275,21 @@ where
             }
             (_, Target::Echo) => msg.encode(),
             _ => {
-                // A broker outage costs this message (counted), not the socket.
-                let _ = member.hub().publish(&msg);
+                // A broker outage costs this message (counted, and told to
+                // its sender if it asked), not the socket.
+                let confirm = asker.map(|asker| asker.confirm(member.outbox()));
+                let _ = member.hub().publish(&msg, confirm);
                 return Ok(());
             }
         };
-        self.write(Delivery::plain(reply.as_str())).await
+        self.write(Delivery::plain(reply.as_str())).await?;
+        match asker {
+            Some(asker) => {
+                let ack = asker.answer(&ack::Status::Ok(None));
+                self.write(Delivery::plain(ack.as_str())).await
+            }
+            None => Ok(()),
+        }
     }
 
     /// The next tick: one period from now, or the token's expiry if that

@@ -46,31 +46,67 @@ pub enum BrokerError {
 pub enum Keep {
     No,
     Yes,
-    /// Kept, and the caller wants to know its position.
-    WithReceipt,
 }
 
-/// Where a kept message was numbered, once it is; dropped unanswered
-/// when it was not published ([`BrokerError::Unavailable`]).
-pub type Receipt = oneshot::Receiver<Result<Position, BrokerError>>;
+/// What became of a published message: published (where history numbered
+/// it, when it keeps it), or not.
+pub type Published = Result<Option<Position>, BrokerError>;
 
-/// A receipt for a message numbered already.
-pub fn receipt(position: Position) -> Receipt {
-    let (tx, rx) = oneshot::channel();
-    let _ = tx.send(Ok(position));
-    rx
+/// Told once what became of one message, when it is known: Redis's answer
+/// (in memory, at once). Whoever holds it last and has not told it (a
+/// message dropped on its way, a queue that closed) tells it
+/// [`BrokerError::Unavailable`] by dropping it, so a message that asked
+/// is answered exactly once whatever happens to it (docs/protocol.md
+/// section 10).
+pub struct Confirm(Option<Box<dyn FnOnce(Published) + Send>>);
+
+impl Confirm {
+    pub fn new(tell: impl FnOnce(Published) + Send + 'static) -> Confirm {
+        Confirm(Some(Box::new(tell)))
+    }
+
+    /// A confirmation read from a channel.
+    pub fn channel() -> (Confirm, oneshot::Receiver<Published>) {
+        let (tx, rx) = oneshot::channel();
+        let confirm = Confirm::new(move |published| {
+            let _ = tx.send(published);
+        });
+        (confirm, rx)
+    }
+
+    pub fn tell(mut self, published: Published) {
+        if let Some(tell) = self.0.take() {
+            tell(published);
+        }
+    }
+}
+
+impl Drop for Confirm {
+    fn drop(&mut self) {
+        if let Some(tell) = self.0.take() {
+            tell(Err(BrokerError::Unavailable));
+        }
+    }
+}
+
+impl std::fmt::Debug for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Confirm")
+    }
 }
 
 pub trait Broker: Send + Sync + 'static {
     /// Sends `msg` to every socket on `route`, on every instance. Never
-    /// waits: a message that cannot be sent now fails now.
+    /// waits: a message that cannot be sent now fails now. `confirm`, if
+    /// any, is told its fate once known (also when it fails now).
     fn publish(
         &self,
         route: &Route,
         msg: Encoded,
         sender: &str,
         keep: Keep,
-    ) -> Result<Option<Receipt>, BrokerError>;
+        confirm: Option<Confirm>,
+    ) -> Result<(), BrokerError>;
 
     /// The kept messages of `route` after `since`, and its position.
     fn recover<'a>(

@@ -22,7 +22,7 @@ use warp::Filter;
 
 use crate::auth::{Access, Auth, Credentials, Surface};
 pub use crate::auth::{API_KEY_HEADER, API_KEY_PARAM};
-use crate::broker::{BrokerError, Keep};
+use crate::broker::{BrokerError, Confirm};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::protocol::{self, Origin, VisionId};
@@ -40,7 +40,7 @@ pub struct Api {
 
 type Query = HashMap<String, String>;
 
-/// How long `POST /v3/publish` waits for a kept message's position.
+/// How long `POST /v3/publish` waits for Redis to confirm a message.
 const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Api {
@@ -201,20 +201,18 @@ impl Api {
         access.admits_publish(&msg)?;
         let unavailable =
             |e: BrokerError| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-        let receipt = self
-            .hub
-            .publish_kept(&msg, Keep::WithReceipt)
-            .map_err(unavailable)?;
+        let (confirm, confirmed) = Confirm::channel();
+        self.hub.publish(&msg, Some(confirm)).map_err(unavailable)?;
+        // Answered by Redis within a command's timeout, or not at all; a
+        // message still queued then may yet go out.
+        let position = match tokio::time::timeout(RECEIPT_TIMEOUT, confirmed).await {
+            Ok(Ok(published)) => published,
+            Ok(Err(_dropped)) => Err(BrokerError::Unavailable),
+            Err(_late) => Err(BrokerError::Unconfirmed),
+        }
+        .map_err(unavailable)?;
         let mut body = serde_json::json!({ "status": "accepted" });
-        if let Some(receipt) = receipt {
-            // Numbered in Redis within a command's timeout, or not at all;
-            // a message still queued then may yet go out.
-            let position = match tokio::time::timeout(RECEIPT_TIMEOUT, receipt).await {
-                Ok(Ok(numbered)) => numbered,
-                Ok(Err(_dropped)) => Err(BrokerError::Unavailable),
-                Err(_late) => Err(BrokerError::Unconfirmed),
-            }
-            .map_err(unavailable)?;
+        if let Some(position) = position {
             body["offset"] = position.offset.into();
             body["epoch"] = position.epoch.as_str().into();
         }

@@ -142,6 +142,9 @@ pub struct Message<'a> {
     msg: Option<&'a RawValue>,
     payload: Cow<'a, RawValue>,
     pub sent_at: Cow<'a, str>,
+    /// Asks for an acknowledgement (docs/protocol.md section 10); never
+    /// part of the delivered message.
+    pub ack_id: Option<Cow<'a, str>>,
 }
 
 /// The frame as a client writes it: strict, unknown fields rejected.
@@ -167,6 +170,8 @@ struct Incoming<'a> {
     payload: Option<&'a RawValue>,
     #[serde(default, deserialize_with = "present")]
     sent_at: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "present")]
+    ack_id: Option<Str<'a>>,
 }
 
 /// Parses, validates and normalises one frame (docs/protocol.md section 2).
@@ -198,6 +203,10 @@ pub fn parse<'a>(text: &'a str, origin: Origin<'a>) -> Result<Message<'a>, Frame
         }
         None => Cow::Owned(now_rfc3339()),
     };
+    let ack_id = raw.ack_id.map(|s| s.0);
+    if let Some(ack_id) = &ack_id {
+        vision_id::check(ack_id).map_err(|e| schema(format!("ack_id {e}")))?;
+    }
     let to_id = raw.to_id.map(|s| s.0);
     if raw.target == Target::Direct {
         match &to_id {
@@ -222,6 +231,7 @@ pub fn parse<'a>(text: &'a str, origin: Origin<'a>) -> Result<Message<'a>, Frame
         msg: raw.msg,
         payload,
         sent_at,
+        ack_id,
     })
 }
 
@@ -372,6 +382,12 @@ pub fn presence_reply(client: &VisionId, group: &VisionId, members: &[String]) -
         Some(group.as_str()),
         payload,
     )
+}
+
+/// The hub's acknowledgement of a frame (docs/protocol.md section 10),
+/// written on the sending socket; `payload` says which frame and its fate.
+pub fn ack(client: &str, group: &str, payload: serde_json::Value) -> Encoded {
+    hub_message("ack", Target::Echo, client, Some(group), payload)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

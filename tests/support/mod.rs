@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod acks;
 pub mod attack;
 pub mod cluster;
 pub mod history;

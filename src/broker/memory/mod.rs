@@ -6,7 +6,7 @@ mod history;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{receipt, BoxFuture, Broker, BrokerError, Keep, Receipt};
+use super::{BoxFuture, Broker, BrokerError, Confirm, Keep};
 use crate::channels::Route;
 use crate::delivery::Delivery;
 use crate::history::{Position, Recovery, Retention, Since};
@@ -60,19 +60,20 @@ impl Broker for MemoryBroker {
         msg: Encoded,
         sender: &str,
         keep: Keep,
-    ) -> Result<Option<Receipt>, BrokerError> {
-        match (&self.history, keep) {
-            (Some(history), Keep::Yes | Keep::WithReceipt) => {
-                let position = self.keep(history, route, &msg, sender);
-                // A receipt (a channel) only for the caller who asked.
-                Ok((keep == Keep::WithReceipt).then(|| receipt(position)))
-            }
+        confirm: Option<Confirm>,
+    ) -> Result<(), BrokerError> {
+        let position = match (&self.history, keep) {
+            (Some(history), Keep::Yes) => Some(self.keep(history, route, &msg, sender)),
             _ => {
                 self.router
                     .dispatch(route, &Delivery::plain(msg.as_str()), sender);
-                Ok(None)
+                None
             }
+        };
+        if let Some(confirm) = confirm {
+            confirm.tell(Ok(position));
         }
+        Ok(())
     }
 
     fn recover<'a>(

@@ -37,9 +37,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::{BoxFuture, Broker, BrokerError, Keep, Receipt};
+use super::{BoxFuture, Broker, BrokerError, Confirm, Keep};
 use crate::channels::{Names, Route};
 use crate::config::RedisServers;
 use crate::history::{Recovery, Retention, Since};
@@ -114,23 +114,6 @@ impl RedisBroker {
             history: self.names.history_key(route),
         }
     }
-
-    /// What numbering needs for a kept message, and its receipt.
-    fn kept(&self, route: &Route, sender: &str, keep: Keep) -> (publish::Kept, Option<Receipt>) {
-        let (tx, rx) = match keep {
-            Keep::WithReceipt => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-            Keep::Yes | Keep::No => (None, None),
-        };
-        let kept = publish::Kept {
-            keys: self.keys(route),
-            sender: sender.to_owned(),
-            receipt: tx,
-        };
-        (kept, rx)
-    }
 }
 
 impl Broker for RedisBroker {
@@ -140,26 +123,25 @@ impl Broker for RedisBroker {
         msg: Encoded,
         sender: &str,
         keep: Keep,
-    ) -> Result<Option<Receipt>, BrokerError> {
+        confirm: Option<Confirm>,
+    ) -> Result<(), BrokerError> {
+        // Returning drops `confirm` unsent: it tells of the failure.
         if !self.link.is_up() {
             return Err(BrokerError::Unavailable);
         }
-        let (kept, receipt) = match keep {
-            Keep::Yes | Keep::WithReceipt if self.retention.is_on() => {
-                let (kept, receipt) = self.kept(route, sender, keep);
-                (Some(kept), receipt)
-            }
-            _ => (None, None),
-        };
+        let kept = (keep == Keep::Yes && self.retention.is_on()).then(|| publish::Kept {
+            keys: self.keys(route),
+            sender: sender.to_owned(),
+        });
         let item = Outgoing {
             channel: self.names.channel(route),
             msg,
             kept,
+            confirm,
         };
         self.outgoing
             .try_send(item)
-            .map_err(|_| BrokerError::Unavailable)?;
-        Ok(receipt)
+            .map_err(|_| BrokerError::Unavailable)
     }
 
     fn recover<'a>(

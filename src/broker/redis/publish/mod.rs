@@ -4,8 +4,9 @@
 //! A plain message is a `PUBLISH`; a kept one (history on) is an `EVALSHA`
 //! of the numbering script (`history.rs`), which numbers, stores and
 //! publishes it in one step. Both go in the same pipelines, in queue order,
-//! so a sender's order holds whichever kind its messages are. The script's
-//! answer resolves the message's receipt, if it has one.
+//! so a sender's order holds whichever kind its messages are. The answer
+//! (the script's: the message's position) tells the message's
+//! confirmation, if it has one (docs/protocol.md section 10).
 //!
 //! On a cluster ([`Sharding`]) the messages are `SPUBLISH`es (and the
 //! script publishes with `SPUBLISH`), and each batch is split by the master
@@ -19,11 +20,11 @@
 //! are still on their way to another (the map changed in between), so a
 //! retried message is not overtaken by a later one. A pipeline with kept
 //! messages ends with `WAIT 1` (bounded) when the master has a replica:
-//! Redis replicates asynchronously, and a receipt (`POST /v3/publish`'s
+//! Redis replicates asynchronously, and an acknowledgement (or `POST /v3/publish`'s
 //! offset) should not name a message that a `kill -9` of the master
-//! followed by its replica's promotion would lose. A kept message whose
+//! followed by its replica's promotion would lose. A message whose
 //! pipeline was written but never answered (the connection broke, or the
-//! answer came too late) may have been run: its receipt says so
+//! answer came too late) may have been run: its confirmation says so
 //! ([`BrokerError::Unconfirmed`]) rather than that it was not published.
 
 mod masters;
@@ -35,13 +36,13 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use redis::aio::ConnectionLike;
 use redis::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::history::{self, Invoke, Keys, Numbering};
 use super::link::{Commands, NodeAddr, Publish, RedisLink};
 use super::slots::{Slot, SlotMap};
-use crate::broker::BrokerError;
-use crate::history::{Epoch, Position, Retention};
+use crate::broker::{BrokerError, Confirm};
+use crate::history::{Epoch, Retention};
 use crate::metrics::{self, DropReason};
 use crate::protocol::Encoded;
 use masters::Masters;
@@ -59,15 +60,15 @@ pub struct Outgoing {
     pub msg: Encoded,
     /// `Some` when history keeps it.
     pub kept: Option<Kept>,
+    /// Told Redis's answer (a kept message's position), or that it never
+    /// came; dropped (not published) when the message could not be sent.
+    pub confirm: Option<Confirm>,
 }
 
 /// What numbering a kept message needs beyond its channel and text.
 pub struct Kept {
     pub keys: Keys,
     pub sender: String,
-    /// Told the message's position, or that Redis never answered for it;
-    /// dropped when the message could not be numbered.
-    pub receipt: Option<oneshot::Sender<Result<Position, BrokerError>>>,
 }
 
 /// Publishes queued messages in order, with up to [`PIPELINES_IN_FLIGHT`]
@@ -156,7 +157,7 @@ enum Way {
 
 impl Way {
     /// Replicas a pipeline with kept messages waits for (`WAIT`) before
-    /// its receipts resolve: on a cluster, one if the master has one.
+    /// its confirmations are told: on a cluster, one if the master has one.
     fn replicas_to_wait(&self, items: &[Outgoing]) -> usize {
         match self {
             Way::Sharded {
@@ -315,7 +316,7 @@ async fn send_once(
     let replies = match round_trip(conn, &pipe, count, way).await {
         Ok(mut replies) if replies.len() == count => {
             // WAIT's answer (how many replicas caught up) changes nothing:
-            // it only bounds how long the receipts wait for them.
+            // it only bounds how long the confirmations wait for them.
             replies.truncate(items.len());
             replies
         }
@@ -402,12 +403,11 @@ fn unanswered(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
 }
 
-/// Tells the kept messages' receipts that their fate is unknown (rather
+/// Tells the messages' confirmations that their fate is unknown (rather
 /// than dropping them, which says "not published").
 fn unconfirmed(items: Vec<Outgoing>) {
-    let receipts = items.into_iter().filter_map(|i| i.kept?.receipt);
-    for receipt in receipts {
-        let _ = receipt.send(Err(BrokerError::Unconfirmed));
+    for confirm in items.into_iter().filter_map(|i| i.confirm) {
+        confirm.tell(Err(BrokerError::Unconfirmed));
     }
 }
 
@@ -470,19 +470,21 @@ fn pipeline(
     pipe
 }
 
-/// Whether the message went out; resolves a kept message's receipt.
+/// Whether the message went out; tells its confirmation (a kept
+/// message's position). A refused one's is dropped: not published.
 fn settle(item: Outgoing, reply: &Value) -> bool {
     if matches!(reply, Value::ServerError(_)) {
         return false;
     }
-    let Some(kept) = item.kept else {
-        return true;
+    let position = match item.kept {
+        Some(_) => match history::numbered(reply) {
+            Some(position) => Some(position),
+            None => return false,
+        },
+        None => None,
     };
-    let Some(position) = history::numbered(reply) else {
-        return false;
-    };
-    if let Some(receipt) = kept.receipt {
-        let _ = receipt.send(Ok(position));
+    if let Some(confirm) = item.confirm {
+        confirm.tell(Ok(position));
     }
     true
 }
