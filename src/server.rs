@@ -162,7 +162,7 @@ fn build_hub(config: &Config, backend: &Backend) -> Result<Arc<Hub>, StartError>
         Backend::Memory => return Ok(Hub::in_memory(config.limits())),
         Backend::Redis(servers) => servers,
     };
-    let link = Arc::new(RedisLink::new(servers)?);
+    let link = Arc::new(RedisLink::new(servers, &config.instance_id)?);
     let names = Names::new(config.redis_prefix.clone());
     let router = Arc::new(Router::new());
     let broker = RedisBroker::start(

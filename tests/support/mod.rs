@@ -7,6 +7,7 @@
 
 pub mod acks;
 pub mod attack;
+pub mod blip;
 pub mod cluster;
 pub mod history;
 pub mod netns;

@@ -210,3 +210,47 @@ pub async fn pubsub_with(conn: &mut MultiplexedConnection, subs: usize) -> usize
     let wanted = format!(" sub={subs} ");
     list.lines().filter(|l| l.contains(&wanted)).count()
 }
+
+/// Closes every connection whose `CLIENT SETNAME` is `name` (`CLIENT KILL
+/// ID`), as a network blip would; returns how many.
+pub async fn kill_named(conn: &mut MultiplexedConnection, name: &str) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .expect("CLIENT LIST");
+    let wanted = format!(" name={name} ");
+    let mut killed = 0;
+    for line in list.lines().filter(|l| l.contains(&wanted)) {
+        let Some(id) = line
+            .split(' ')
+            .find_map(|f| f.strip_prefix("id="))
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let n: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(&id)
+            .query_async(conn)
+            .await
+            .expect("CLIENT KILL");
+        killed += n as usize;
+    }
+    killed
+}
+
+/// The names (`CLIENT SETNAME`) of the connections open now.
+pub async fn client_names(conn: &mut MultiplexedConnection) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("name=")))
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
+}

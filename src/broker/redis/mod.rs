@@ -25,6 +25,7 @@
 mod cluster;
 pub(crate) mod history;
 pub(crate) mod link;
+mod listener;
 mod plan;
 mod publish;
 mod reader;
@@ -33,7 +34,6 @@ pub(crate) mod slots;
 mod subscriptions;
 mod supervisor;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,6 +191,6 @@ impl Broker for RedisBroker {
     }
 
     fn is_ready(&self) -> bool {
-        self.link.is_up() && !self.subs.impaired.load(Ordering::Acquire)
+        self.link.is_ready()
     }
 }

@@ -1,29 +1,98 @@
-//! The supervisor of one Redis server: its one pub/sub connection and the
-//! command connection made with it.
+//! The supervisor of one Redis server: its command connection and its one
+//! pub/sub connection, each with a life of its own.
 //!
-//! It connects (scripts loaded before anything is published), runs the
-//! reader on the pub/sub stream, resubscribes every route the router
-//! holds, declares the link up, then reconciles subscriptions with the
-//! plan (`plan.rs`) whenever routes are marked dirty and on a tick, and
-//! probes both connections every [`PROBE_EVERY`]. When a probe or a
-//! command fails or the stream ends, the link goes down, the reader hands
-//! back what it knows of each route (gap repair goes on across the
-//! reconnect), and it reconnects with backoff.
+//! The two fail independently (docs/protocol.md section 7): losing the
+//! pub/sub connection only delays this instance's deliveries (gap repair
+//! fills them in), so publishing goes on over the command connection
+//! meanwhile; only a failed command connection makes publishing fail
+//! ("broker unavailable"). So two loops run side by side:
+//!
+//! - [`keep_commands`]: connects the command connection (scripts loaded
+//!   before anything is published), declares the link up, probes it every
+//!   [`PROBE_EVERY`], and on a failure declares it down and reconnects
+//!   with backoff.
+//! - [`Supervisor::run`]: once the link is up, opens the pub/sub
+//!   [`Listener`], runs the reader on its messages, resubscribes every
+//!   route the router holds, declares the instance listening, then
+//!   reconciles subscriptions with the plan (`plan.rs`) whenever routes
+//!   are marked dirty and on a tick, and probes. When the probe fails or
+//!   the connection drops, the instance stops listening (not ready: a
+//!   socket joining now would not get its messages), the reader hands
+//!   back what it knows of each route (gap repair goes on across the
+//!   reconnect), and it reconnects with backoff.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{PubSubSink, PubSubStream};
+use redis::Msg;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
 
 use super::history;
-use super::link::{self, timed, Backoff, Commands, LinkError, PROBE_EVERY};
+use super::link::{self, timed, Backoff, Commands, LinkError, RedisLink, PROBE_EVERY};
+use super::listener::{Alarm, Inbox, Listener, ListenerId};
 use super::plan::{Unsubscribes, BATCH, RECONCILE_EVERY};
 use super::reader::{Event, Reader, Tell};
 use super::supervisor::Base;
+use crate::history::Retention;
 use crate::metrics;
 
 /// How long a stopping reader may take to hand its state back.
 const READER_STOP: Duration = Duration::from_secs(1);
+
+/// Keeps the command connection: connects, probes, reconnects with backoff.
+pub async fn keep_commands(link: Arc<RedisLink>, retention: Retention) {
+    let mut backoff = Backoff::default();
+    let mut outages = 0u64;
+    loop {
+        match connect_commands(&link, retention).await {
+            Ok(mut command) => {
+                backoff.reset();
+                if outages > 0 {
+                    tracing::info!("Redis reachable again");
+                }
+                link.set_up(command.clone());
+                let lost = probe_until_lost(&link, &mut command).await;
+                link.set_down();
+                metrics::redis_reconnect();
+                tracing::warn!("Redis command connection lost ({lost}); reconnecting");
+                outages += 1;
+            }
+            Err(e) => {
+                if outages == 0 || backoff.at_max() {
+                    tracing::warn!("Redis unreachable ({e}); retrying");
+                }
+                outages += 1;
+            }
+        }
+        backoff.wait().await;
+    }
+}
+
+async fn connect_commands(link: &RedisLink, retention: Retention) -> Result<Commands, LinkError> {
+    let mut command = timed(link.open_command()).await?;
+    if retention.is_on() {
+        // Before the link is up: no kept message goes out unloaded.
+        timed(history::load(&mut command)).await?;
+    }
+    Ok(command)
+}
+
+/// Probes until the connection fails: every [`PROBE_EVERY`], and at
+/// once when a publish failed as a dropped connection does (so a message
+/// published meanwhile fails as unavailable, rather than being written to
+/// a dead connection and left unconfirmed).
+async fn probe_until_lost(link: &RedisLink, command: &mut Commands) -> LinkError {
+    let mut probe = tokio::time::interval(PROBE_EVERY);
+    loop {
+        tokio::select! {
+            _ = probe.tick() => {}
+            () = link.suspected() => {}
+        }
+        if let Err(e) = link::ping(command).await {
+            return e;
+        }
+    }
+}
 
 /// Owns the pub/sub connection: connects, resubscribes, reconciles,
 /// probes, and reconnects with backoff.
@@ -35,6 +104,8 @@ pub struct Supervisor {
     reader: Option<Reader>,
     /// Tells the running reader what was (un)subscribed.
     tell: Option<Tell>,
+    /// Each connection's id, so a replaced one's alarms are ignored.
+    next_id: u64,
 }
 
 impl Supervisor {
@@ -44,28 +115,37 @@ impl Supervisor {
             reader: Some(reader),
             unsubscribes: Unsubscribes::default(),
             tell: None,
+            next_id: 0,
         }
     }
 
     pub async fn run(mut self) {
+        let link = Arc::clone(&self.base.link);
+        tokio::spawn(keep_commands(Arc::clone(&link), self.base.retention));
+        let mut connections = link.connections();
         let mut backoff = Backoff::default();
         let mut outages = 0u64;
         loop {
-            match self.connect().await {
-                Ok((sink, stream, command)) => {
+            // Gap repair reads history on the command connection: no
+            // sense subscribing before it works.
+            while !link.is_up() {
+                if connections.changed().await.is_err() {
+                    return;
+                }
+            }
+            let (messages, mut alarms, id) = self.next_inbox();
+            match timed(Listener::open(&link, id, None, messages.inbox)).await {
+                Ok(listener) => {
                     backoff.reset();
-                    if outages > 0 {
-                        tracing::info!("Redis reachable again");
-                    }
-                    let lost = self.serve(sink, stream, command).await;
-                    self.base.link.set_down();
+                    let lost = self.serve(listener, messages.rx, &mut alarms).await;
+                    link.set_listening(false);
                     metrics::redis_reconnect();
-                    tracing::warn!("Redis connection lost ({lost}); reconnecting");
+                    tracing::warn!("Redis pub/sub connection lost ({lost}); reconnecting");
                     outages += 1;
                 }
                 Err(e) => {
                     if outages == 0 || backoff.at_max() {
-                        tracing::warn!("Redis unreachable ({e}); retrying");
+                        tracing::warn!("Redis pub/sub connection failed ({e}); retrying");
                     }
                     outages += 1;
                 }
@@ -74,23 +154,21 @@ impl Supervisor {
         }
     }
 
-    async fn connect(&self) -> Result<(PubSubSink, PubSubStream, Commands), LinkError> {
-        let pubsub = self.base.link.open_pubsub().await?;
-        let mut command = self.base.link.open_command().await?;
-        if self.base.retention.is_on() {
-            // Before the link is up: no kept message goes out unloaded.
-            timed(history::load(&mut command)).await?;
-        }
-        let (sink, stream) = pubsub.split();
-        Ok((sink, stream, command))
+    /// A fresh inbox for the next connection, and its id.
+    fn next_inbox(&mut self) -> (Messages, UnboundedReceiver<Alarm>, ListenerId) {
+        self.next_id += 1;
+        let (messages, rx) = mpsc::unbounded_channel();
+        let (alarms, alarms_rx) = mpsc::unbounded_channel();
+        let inbox = Inbox { messages, alarms };
+        (Messages { inbox, rx }, alarms_rx, ListenerId(self.next_id))
     }
 
     /// Serves one connection until it fails; returns why.
     async fn serve(
         &mut self,
-        mut sink: PubSubSink,
-        stream: PubSubStream,
-        mut command: Commands,
+        mut listener: Listener,
+        messages: UnboundedReceiver<Msg>,
+        alarms: &mut UnboundedReceiver<Alarm>,
     ) -> LinkError {
         let reader = self.reader.take().unwrap_or_else(|| {
             Reader::new(
@@ -101,8 +179,11 @@ impl Supervisor {
         });
         let (tell, events) = Tell::channel(self.base.retention);
         self.tell = Some(tell);
-        let mut reader = tokio::spawn(reader.run(stream, events, command.clone()));
-        let lost = self.serve_with(&mut sink, &mut command, &reader).await;
+        let mut messages = messages;
+        let stream = futures_util::stream::poll_fn(move |cx| messages.poll_recv(cx));
+        let link = Arc::clone(&self.base.link);
+        let mut reader = tokio::spawn(reader.run(stream, events, link));
+        let lost = self.serve_with(&mut listener, alarms, &reader).await;
         // Closing the events ends the reader, which hands its state back.
         self.tell = None;
         self.reader = match tokio::time::timeout(READER_STOP, &mut reader).await {
@@ -120,36 +201,42 @@ impl Supervisor {
 
     async fn serve_with(
         &mut self,
-        sink: &mut PubSubSink,
-        command: &mut Commands,
+        listener: &mut Listener,
+        alarms: &mut UnboundedReceiver<Alarm>,
         reader: &tokio::task::JoinHandle<Reader>,
     ) -> LinkError {
         // Everything the router holds must be (re)subscribed.
         self.base.subs.mark_all(self.base.router.routes());
-        if let Err(e) = self.reconcile(sink).await {
+        if let Err(e) = self.reconcile(listener).await {
             return e;
         }
         self.tell(Event::Settled);
-        self.base.link.set_up(command.clone());
+        self.base.link.set_listening(true);
         let mut probe = tokio::time::interval(PROBE_EVERY);
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         loop {
             let step = tokio::select! {
-                _ = self.base.subs.wake.notified() => self.reconcile(sink).await,
-                _ = tick.tick() => self.reconcile(sink).await,
-                _ = probe.tick() => probe_both(sink, command).await,
+                _ = self.base.subs.wake.notified() => self.reconcile(listener).await,
+                _ = tick.tick() => self.reconcile(listener).await,
+                _ = probe.tick() => timed(listener.ping()).await,
+                alarm = alarms.recv() => match alarm {
+                    // One server unsubscribes nobody on its own; our own
+                    // unsubscribes are confirmed this way.
+                    Some(Alarm::Unsubscribed { .. }) => Ok(()),
+                    Some(Alarm::Disconnected { .. }) | None => Err(LinkError::Closed),
+                },
             };
             if let Err(e) = step {
                 return e;
             }
             if reader.is_finished() {
-                return LinkError::StreamEnded;
+                return LinkError::Closed;
             }
         }
     }
 
     /// Carries out the plan for every dirty route, in batches.
-    async fn reconcile(&mut self, sink: &mut PubSubSink) -> Result<(), LinkError> {
+    async fn reconcile(&mut self, listener: &mut Listener) -> Result<(), LinkError> {
         let plan = self.unsubscribes.plan(
             self.base.subs.take_dirty(),
             |r| self.base.router.wants(r),
@@ -157,12 +244,17 @@ impl Supervisor {
             Instant::now(),
         );
         for chunk in plan.subscribe.chunks(BATCH) {
-            timed(sink.subscribe(self.base.channels(chunk))).await?;
+            let answers = timed(listener.subscribe(&self.base.channels(chunk))).await?;
+            if answers.len() != chunk.len() || answers.iter().any(|a| !a.is_confirmed()) {
+                return Err(LinkError::Refused(format!(
+                    "SUBSCRIBE answered {answers:?}"
+                )));
+            }
             self.base.subs.confirm(chunk, true);
             self.tell(Event::Subscribed(chunk.to_vec()));
         }
         for chunk in plan.unsubscribe.chunks(BATCH) {
-            timed(sink.unsubscribe(self.base.channels(chunk))).await?;
+            timed(listener.unsubscribe(&self.base.channels(chunk))).await?;
             self.base.subs.confirm(chunk, false);
             self.tell(Event::Unsubscribed(chunk.to_vec()));
         }
@@ -176,8 +268,8 @@ impl Supervisor {
     }
 }
 
-/// Both connections must answer a PING in time.
-async fn probe_both(sink: &mut PubSubSink, command: &mut Commands) -> Result<(), LinkError> {
-    timed(sink.ping::<redis::Value>()).await?;
-    link::ping(command).await
+/// Where one connection's messages go, and where the reader reads them.
+struct Messages {
+    inbox: Inbox,
+    rx: UnboundedReceiver<Msg>,
 }

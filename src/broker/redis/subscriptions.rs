@@ -5,7 +5,6 @@
 //! (`cluster/`).
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use tokio::sync::{watch, Notify};
@@ -21,9 +20,6 @@ pub struct Subscriptions {
     pub wake: Notify,
     pub confirmed: Mutex<HashSet<Route>>,
     pub confirmations: watch::Sender<u64>,
-    /// Some wanted route cannot be subscribed (a cluster shard is
-    /// unreachable): not ready, though the command connection works.
-    pub impaired: AtomicBool,
 }
 
 impl Subscriptions {

@@ -44,10 +44,7 @@
 //! messages (one to every other node), 1,000 `SPUBLISH`es made 1,000 (to
 //! the shard's replica only); the gap grows with the cluster.
 
-mod shard;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,13 +53,13 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
 use super::history;
 use super::link::{timed, Backoff, Commands, NodeAddr, PROBE_EVERY};
+use super::listener::{Alarm, Answer, Inbox, Listener, ListenerId};
 use super::plan::{Unsubscribes, BATCH, RECONCILE_EVERY};
 use super::reader::{Event, Reader, Tell};
 use super::slots::{Slot, SlotMap};
 use super::supervisor::Base;
 use crate::channels::Route;
 use crate::metrics;
-use shard::{Alarm, Answer, Shard, ShardId};
 
 /// How often the slot map is read again without a reason.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
@@ -74,7 +71,7 @@ pub struct Supervisor {
     map: Arc<SlotMap>,
     /// Whether the last refresh of the slot map worked.
     mapped: bool,
-    shards: HashMap<NodeAddr, Shard>,
+    shards: HashMap<NodeAddr, Listener>,
     next_shard: u64,
     /// Where each confirmed route is subscribed.
     placed: HashMap<Route, NodeAddr>,
@@ -100,8 +97,6 @@ impl Supervisor {
         let (messages, messages_rx) = mpsc::unbounded_channel();
         let (alarms, alarms_rx) = mpsc::unbounded_channel();
         let (tell, events_rx) = Tell::channel(base.retention);
-        // Not ready before the first subscriptions.
-        base.subs.impaired.store(true, Ordering::Release);
         Supervisor {
             base,
             map,
@@ -129,9 +124,8 @@ impl Supervisor {
         let command = self.connect().await;
         let mut messages = inboxes.messages;
         let stream = futures_util::stream::poll_fn(move |cx| messages.poll_recv(cx));
-        tokio::spawn(reader.run(stream, inboxes.events, command.clone()));
         self.base.link.set_up(command);
-        metrics::redis_up(!self.base.subs.impaired.load(Ordering::Acquire));
+        tokio::spawn(reader.run(stream, inboxes.events, Arc::clone(&self.base.link)));
         let mut alarms = inboxes.alarms;
         let mut probe = tokio::time::interval(PROBE_EVERY);
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
@@ -146,11 +140,9 @@ impl Supervisor {
                 _ = map.stale() => self.refresh().await,
                 Some(alarm) = alarms.recv() => self.on_alarm(alarm).await,
             }
-            let impaired = !self.mapped || !self.failing.is_empty();
-            if self.base.subs.impaired.swap(impaired, Ordering::AcqRel) != impaired {
-                // `aether_redis_up` tells the truth /readyz tells.
-                metrics::redis_up(!impaired);
-            }
+            // Not ready while a wanted route cannot be subscribed.
+            let listening = self.mapped && self.failing.is_empty();
+            self.base.link.set_listening(listening);
         }
     }
 
@@ -230,14 +222,14 @@ impl Supervisor {
         let topology = self.map.get();
         let moved: Vec<NodeAddr> = self
             .shards
-            .values()
-            .filter(|shard| {
+            .iter()
+            .filter(|(addr, shard)| {
                 shard.routes.iter().any(|route| {
                     let slot = Slot::of(&self.base.names.channel(route));
-                    topology.master_of(slot) != Some(&shard.addr)
+                    topology.master_of(slot) != Some(*addr)
                 })
             })
-            .map(|shard| shard.addr.clone())
+            .map(|(addr, _)| addr.clone())
             .collect();
         for addr in moved {
             self.lose(&addr, "its slots moved");
@@ -246,8 +238,8 @@ impl Supervisor {
 
     async fn on_alarm(&mut self, alarm: Alarm) {
         let (id, unsolicited) = match alarm {
-            Alarm::Disconnected { shard } => (shard, None),
-            Alarm::Unsubscribed { shard, channel } => (shard, Some(channel)),
+            Alarm::Disconnected { id } => (id, None),
+            Alarm::Unsubscribed { id, channel } => (id, Some(channel)),
         };
         let Some(addr) = self.addr_of(id) else {
             return; // a connection replaced already
@@ -273,11 +265,11 @@ impl Supervisor {
         self.reconcile().await;
     }
 
-    fn addr_of(&self, id: ShardId) -> Option<NodeAddr> {
+    fn addr_of(&self, id: ListenerId) -> Option<NodeAddr> {
         self.shards
-            .values()
-            .find(|s| s.id == id)
-            .map(|s| s.addr.clone())
+            .iter()
+            .find(|(_, s)| s.id == id)
+            .map(|(addr, _)| addr.clone())
     }
 
     /// Every shard must answer a PING in time.
@@ -418,14 +410,12 @@ impl Supervisor {
 
     async fn open(&mut self, master: &NodeAddr) -> Result<(), String> {
         self.next_shard += 1;
-        let id = ShardId(self.next_shard);
-        let opening = Shard::open(
-            &self.base.link,
-            id,
-            master.clone(),
-            self.messages.clone(),
-            self.alarms.clone(),
-        );
+        let id = ListenerId(self.next_shard);
+        let inbox = Inbox {
+            messages: self.messages.clone(),
+            alarms: self.alarms.clone(),
+        };
+        let opening = Listener::open(&self.base.link, id, Some(master), inbox);
         let shard = timed(opening).await.map_err(|e| e.to_string())?;
         tracing::info!(shard = %master, "shard pub/sub connection open");
         metrics::redis_shard_opened(&master.to_string());

@@ -22,10 +22,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
-use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection, PubSub};
+use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::{AsyncConnectionConfig, Client, RedisResult, Value};
-use tokio::sync::watch;
+use redis::{
+    AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, RedisResult, Value,
+};
+use tokio::sync::{watch, Notify};
 
 pub use addr::NodeAddr;
 pub use backoff::Backoff;
@@ -52,8 +54,10 @@ pub enum LinkError {
     Redis(#[from] redis::RedisError),
     #[error("no answer within {TIMEOUT:?}")]
     Timeout,
-    #[error("the pub/sub connection closed")]
-    StreamEnded,
+    #[error("the connection closed")]
+    Closed,
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A Redis setting that cannot be used (at start-up).
@@ -74,17 +78,53 @@ enum Target {
     },
 }
 
+/// What a connection is for. Each connection the hub opens says it, and
+/// which instance it belongs to, in its `CLIENT SETNAME`
+/// (`aether:{instance}:{role}`), so an operator's `CLIENT LIST` tells them
+/// apart. (The cluster client's own per-node connections cannot be named:
+/// redis-rs opens them.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The shared command connection (one server).
+    Commands,
+    /// A pub/sub connection: the one server's, or a cluster shard's.
+    PubSub,
+    /// The publisher's own connection to a cluster master.
+    Publish,
+    /// A short-lived question to a cluster node (`CLUSTER SHARDS`).
+    Topology,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Commands => "commands",
+            Role::PubSub => "pubsub",
+            Role::Publish => "publish",
+            Role::Topology => "topology",
+        }
+    }
+}
+
 pub struct RedisLink {
     servers: RedisServers,
+    /// This instance's id, in every connection's name.
+    instance: String,
     target: Target,
     command: RwLock<Option<Commands>>,
+    /// The command connection works: messages can be published.
     up: AtomicBool,
+    /// The pub/sub connections carry every route this instance wants.
+    listening: AtomicBool,
+    /// A command failed as if the connection were gone: probe now.
+    suspect: Notify,
     connected: watch::Sender<u64>,
 }
 
 impl RedisLink {
-    /// A link to `servers`; nothing is connected yet.
-    pub fn new(servers: &RedisServers) -> Result<RedisLink, UrlError> {
+    /// A link to `servers` for the instance `instance`; nothing is
+    /// connected yet.
+    pub fn new(servers: &RedisServers, instance: &str) -> Result<RedisLink, UrlError> {
         let target = match servers {
             RedisServers::Single { url } => {
                 Target::Single(Client::open(url.as_str()).map_err(UrlError::Url)?)
@@ -106,9 +146,12 @@ impl RedisLink {
         metrics::redis_link_created();
         Ok(RedisLink {
             servers: servers.clone(),
+            instance: instance.to_owned(),
             target,
             command: RwLock::new(None),
             up: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
+            suspect: Notify::new(),
             connected: watch::Sender::new(0),
         })
     }
@@ -137,10 +180,13 @@ impl RedisLink {
     /// Opens a command connection (not yet in use).
     pub async fn open_command(&self) -> RedisResult<Commands> {
         match &self.target {
-            Target::Single(client) => client
-                .get_multiplexed_async_connection_with_config(&config(TIMEOUT))
-                .await
-                .map(Commands::Single),
+            Target::Single(client) => {
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&config(TIMEOUT))
+                    .await?;
+                self.name(&mut conn, Role::Commands).await?;
+                Ok(Commands::Single(conn))
+            }
             Target::Cluster { client, .. } => {
                 let connecting = client.get_async_connection();
                 match tokio::time::timeout(TIMEOUT * 2, connecting).await {
@@ -154,37 +200,53 @@ impl RedisLink {
         }
     }
 
-    /// Opens the one server's pub/sub connection (a cluster has one per
-    /// shard: [`RedisLink::open_node_pushing`]).
-    pub async fn open_pubsub(&self) -> Result<PubSub, LinkError> {
-        let Target::Single(client) = &self.target else {
-            return Err(LinkError::StreamEnded);
-        };
-        timed(client.get_async_pubsub()).await
-    }
-
     /// A connection of its own to one cluster node (its publisher's, or
     /// `CLUSTER SHARDS`), answering within `timeout`.
     pub async fn open_node(
         &self,
         addr: &NodeAddr,
         timeout: Duration,
+        role: Role,
     ) -> RedisResult<MultiplexedConnection> {
-        Client::open(addr.url())?
+        let mut conn = Client::open(addr.url())?
             .get_multiplexed_async_connection_with_config(&config(timeout))
-            .await
+            .await?;
+        self.name(&mut conn, role).await?;
+        Ok(conn)
     }
 
-    /// A RESP3 connection to one cluster node whose pushes (messages,
-    /// server-sent unsubscribes, the disconnection) go to `push`: a
-    /// shard's pub/sub connection.
-    pub async fn open_node_pushing(
+    /// A pub/sub connection: RESP3, whose pushes (messages, server-sent
+    /// unsubscribes, the disconnection) go to `push`. To the one server
+    /// (`node` is `None`), or to one cluster node.
+    pub async fn open_listener(
         &self,
-        addr: &NodeAddr,
+        node: Option<&NodeAddr>,
         push: impl AsyncPushSender,
     ) -> RedisResult<MultiplexedConnection> {
-        Client::open(format!("{}?protocol=resp3", addr.url()))?
+        let mut info = match (node, &self.target) {
+            (Some(addr), _) => addr.url().into_connection_info()?,
+            (None, Target::Single(client)) => client.get_connection_info().clone(),
+            (None, Target::Cluster { .. }) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::ClientError,
+                    "a cluster listens per node",
+                )))
+            }
+        };
+        info.redis.protocol = ProtocolVersion::RESP3;
+        let mut conn = Client::open(info)?
             .get_multiplexed_async_connection_with_config(&config(TIMEOUT).set_push_sender(push))
+            .await?;
+        self.name(&mut conn, Role::PubSub).await?;
+        Ok(conn)
+    }
+
+    async fn name(&self, conn: &mut MultiplexedConnection, role: Role) -> RedisResult<()> {
+        let name = format!("aether:{}:{}", self.instance, role.as_str());
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(name)
+            .query_async::<()>(conn)
             .await
     }
 
@@ -196,8 +258,16 @@ impl RedisLink {
         self.command.read().ok().and_then(|c| c.clone())
     }
 
+    /// Whether messages can be published: the command connection works.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// Whether the instance can take sockets (`/readyz`): it can publish,
+    /// and its pub/sub connections carry every route it wants, so a
+    /// socket joining now gets its messages.
+    pub fn is_ready(&self) -> bool {
+        self.is_up() && self.listening.load(Ordering::Acquire)
     }
 
     /// Redis answers again: this connection serves commands from now on.
@@ -206,16 +276,45 @@ impl RedisLink {
             *slot = Some(command);
         }
         self.up.store(true, Ordering::Release);
-        metrics::redis_up(true);
+        self.report();
         self.connected.send_modify(|n| *n += 1);
     }
 
+    /// The command connection failed: publishing fails fast until
+    /// [`RedisLink::set_up`].
     pub fn set_down(&self) {
         self.up.store(false, Ordering::Release);
         if let Ok(mut slot) = self.command.write() {
             *slot = None;
         }
-        metrics::redis_up(false);
+        self.report();
+    }
+
+    /// Whether the pub/sub connections carry every wanted route (a lost
+    /// pub/sub connection does not stop publishing: docs/protocol.md
+    /// section 7).
+    pub fn set_listening(&self, listening: bool) {
+        if self.listening.swap(listening, Ordering::AcqRel) != listening {
+            self.report();
+        }
+    }
+
+    /// A command on the command connection failed as a dropped
+    /// connection does: its supervisor probes at once rather than at the
+    /// next tick, so what is published meanwhile fails as unavailable
+    /// rather than being written to a dead connection.
+    pub fn suspect(&self) {
+        self.suspect.notify_one();
+    }
+
+    /// Resolves at the next [`RedisLink::suspect`].
+    pub async fn suspected(&self) {
+        self.suspect.notified().await;
+    }
+
+    /// `aether_redis_up` tells what `/readyz` tells.
+    fn report(&self) {
+        metrics::redis_up(self.is_ready());
     }
 
     /// Changes each time the link comes up (first connect and every

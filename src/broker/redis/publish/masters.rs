@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::broker::redis::link::{Commands, NodeAddr, RedisLink, TIMEOUT};
+use crate::broker::redis::link::{Commands, NodeAddr, RedisLink, Role, TIMEOUT};
 
 #[derive(Default)]
 pub struct Masters {
@@ -26,7 +26,7 @@ impl Masters {
         if let Some(conn) = self.conns.get(master) {
             return Some(Commands::Single(conn.clone()));
         }
-        match link.open_node(master, TIMEOUT).await {
+        match link.open_node(master, TIMEOUT, Role::Publish).await {
             Ok(conn) => {
                 self.conns.insert(master.clone(), conn.clone());
                 Some(Commands::Single(conn))

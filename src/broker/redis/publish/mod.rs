@@ -222,6 +222,8 @@ struct Sent {
     broken: Option<NodeAddr>,
     /// Messages answered `MOVED`/`ASK`, to send again one by one.
     moved: Vec<Outgoing>,
+    /// The connection failed as a dropped one does.
+    suspect: bool,
 }
 
 impl Sent {
@@ -237,6 +239,9 @@ impl Sent {
 /// at a time and in order (the cluster connection follows `MOVED`/`ASK`),
 /// while nothing else is sent, then counts.
 async fn finish(mut sent: Sent, link: &RedisLink, retention: Retention, masters: &mut Masters) {
+    if sent.suspect {
+        link.suspect();
+    }
     let moved = std::mem::take(&mut sent.moved);
     for item in moved {
         let ok = match link.command() {
@@ -326,6 +331,7 @@ async fn send_once(
             if other.as_ref().map_or_else(unanswered, |_| true) {
                 unconfirmed(items);
             }
+            sent.suspect = other.is_err();
             if let Way::Sharded { map, master, .. } = way {
                 // The master may be gone (a failover): read the map again.
                 map.moved();

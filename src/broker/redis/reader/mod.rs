@@ -56,7 +56,7 @@ use futures_util::Stream;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::link::Commands;
+use super::link::RedisLink;
 use crate::broker::BoxFuture;
 use crate::channels::{Names, Route};
 use crate::history::{Epoch, Retention};
@@ -182,14 +182,15 @@ impl Reader {
 
     /// Reads `stream` until it ends or the supervisor stops sending
     /// events; returns itself, with what it knows, for the next connection.
-    /// `conn` is the command connection made with this pub/sub connection.
-    /// On a cluster, `stream` merges every shard connection's messages and
-    /// lives as long as the supervisor.
+    /// History is read on the link's command connection of the moment (it
+    /// lives apart from the pub/sub connections). On a cluster, `stream`
+    /// merges every shard connection's messages and lives as long as the
+    /// supervisor.
     pub async fn run(
         mut self,
         mut stream: impl Stream<Item = redis::Msg> + Unpin,
         mut events: mpsc::UnboundedReceiver<Event>,
-        conn: Commands,
+        link: Arc<RedisLink>,
     ) -> Reader {
         self.reconnected();
         let mut fetches = Fetches::new();
@@ -209,7 +210,7 @@ impl Reader {
                 },
             }
             if !self.pending.is_empty() {
-                self.pump(&mut fetches, &conn);
+                self.pump(&mut fetches, &link);
             }
         }
         // Reads of this connection die with it (dropped here); the repairs

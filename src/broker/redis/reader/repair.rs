@@ -6,13 +6,14 @@
 //! numberings Redis had (every message of an older numbering was published
 //! before the first of a newer one).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::RedisResult;
 
 use super::{Decoded, Fetches, Floor, Reader, Track, FETCHES_IN_FLIGHT};
 use crate::broker::redis::history::{self, Batch, Keys, Range, BATCH};
-use crate::broker::redis::link::Commands;
+use crate::broker::redis::link::RedisLink;
 use crate::channels::Route;
 use crate::delivery::Delivery;
 use crate::history::{Epoch, Retention, RouteKind};
@@ -91,7 +92,7 @@ impl Reader {
     }
 
     /// Starts waiting reads while there is room.
-    pub(super) fn pump(&mut self, fetches: &mut Fetches, conn: &Commands) {
+    pub(super) fn pump(&mut self, fetches: &mut Fetches, link: &Arc<RedisLink>) {
         let Some(retention) = self.retention else {
             return;
         };
@@ -99,7 +100,7 @@ impl Reader {
             let Some((read, delay)) = self.next_read() else {
                 return;
             };
-            fetches.push(Box::pin(read.run(conn.clone(), retention, delay)));
+            fetches.push(Box::pin(read.run(Arc::clone(link), retention, delay)));
         }
     }
 
@@ -407,13 +408,23 @@ pub(super) struct Read {
 impl Read {
     pub(super) async fn run(
         self,
-        mut conn: Commands,
+        link: Arc<RedisLink>,
         retention: Retention,
         delay: Duration,
     ) -> Fetched {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        // Taken now: the command connection may have been replaced since
+        // the read was queued. Without one, the read fails and is retried.
+        let Some(mut conn) = link.command() else {
+            let down = (redis::ErrorKind::IoError, "Redis is down");
+            return Fetched {
+                route: self.route,
+                generation: self.generation,
+                result: Err(redis::RedisError::from(down)),
+            };
+        };
         let range = Range {
             after: self.after,
             upto: self.upto,

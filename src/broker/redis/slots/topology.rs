@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::slot::{Slot, SLOTS};
-use crate::broker::redis::link::{NodeAddr, RedisLink};
+use crate::broker::redis::link::{NodeAddr, RedisLink, Role};
 
 /// How long one node may take to answer `CLUSTER SHARDS`.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -135,7 +135,7 @@ impl Topology {
 }
 
 async fn ask(link: &RedisLink, addr: &NodeAddr) -> redis::RedisResult<Value> {
-    let mut conn = link.open_node(addr, ASK_TIMEOUT).await?;
+    let mut conn = link.open_node(addr, ASK_TIMEOUT, Role::Topology).await?;
     redis::cmd("CLUSTER")
         .arg("SHARDS")
         .query_async(&mut conn)
