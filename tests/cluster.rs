@@ -17,8 +17,11 @@ use std::time::Duration;
 use aether_hub::broker::Slot;
 use rand::Rng;
 use serde_json::json;
+use support::acks::{collect_acks, group_cmd, next_ack, send_acked};
+use support::blip::{self, assert_nothing_lost};
 use support::cluster::{key_slot, Cluster};
 use support::history::{next_message, offset, reconnect_storm, replay_skips_own_messages};
+use support::redis::{client_names, kill_named};
 use support::{eventually, msg, Client, TestHub, TIMEOUT};
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -28,10 +31,18 @@ const QUIET: Duration = Duration::from_millis(300);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn hub(cluster: &Cluster) -> TestHub {
+    named_hub(cluster, None).await
+}
+
+/// A hub whose connections are named after `instance` (`CLIENT LIST`).
+async fn named_hub(cluster: &Cluster, instance: Option<&str>) -> TestHub {
     let seeds = cluster.seeds();
     let hub = TestHub::with(|c| {
         c.redis_cluster = seeds.split(',').map(str::to_owned).collect();
         c.redis_prefix = "t:".into();
+        if let Some(instance) = instance {
+            c.instance_id = instance.to_owned();
+        }
     })
     .await;
     hub.wait_ready(200).await;
@@ -635,4 +646,118 @@ async fn a_reconnect_storm_across_instances_recovers_every_socket_on_a_cluster()
     let cluster = Cluster::shared();
     let (a, b) = (hub(cluster).await, hub(cluster).await);
     reconnect_storm(&a, &b).await;
+}
+
+/// Acknowledgements on a cluster (docs/protocol.md section 10): `ok` with
+/// each message's place, `unconfirmed` when the route's master freezes
+/// with the message on its way, `failed` while the master is gone and no
+/// replica has taken over, `ok` again after the failover.
+#[tokio::test]
+async fn acks_tell_every_fate_on_a_cluster() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::shared();
+    let (a, b) = (hub(cluster).await, hub(cluster).await);
+    let group = "acked";
+    let slot = key_slot(&group_channel(group));
+    let mut ctl = a.connect(group, "actl").await;
+    let mut worker = b.connect(group, "aworker").await;
+    let n = 200u64;
+    for i in 1..=n {
+        ctl.send(group_cmd(i, &format!("k{i}"))).await;
+    }
+    let (acks, _) = collect_acks(&mut ctl, n as usize).await;
+    let ids: Vec<String> = acks.iter().map(|a| a["ack_id"].to_string()).collect();
+    let want: Vec<String> = (1..=n).map(|i| format!("\"k{i}\"")).collect();
+    assert_eq!(ids, want, "each acked once, in order");
+    assert!(acks.iter().all(|a| a["status"] == "ok"), "{acks:?}");
+    let offsets: Vec<u64> = acks.iter().filter_map(|a| a["offset"].as_u64()).collect();
+    assert_eq!(offsets.len() as u64, n);
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+    for i in 1..=n {
+        let got = next_message(&mut worker).await;
+        assert_eq!(got["cmd"], format!("c{i}"));
+        assert_eq!(offset(&got), offsets[i as usize - 1]);
+    }
+
+    // Frozen: sent, never answered. (No failover meanwhile: the node
+    // timeout is raised for the while.)
+    let master = cluster.master_of_slot(slot).await;
+    cluster.set_node_timeout(15_000).await;
+    cluster.freeze_node(master, true);
+    ctl.send(group_cmd(0, "frozen")).await;
+    let frozen = next_ack(&mut ctl).await;
+    cluster.freeze_node(master, false);
+    cluster.set_node_timeout(1_000).await;
+    assert_eq!(frozen, json!({"ack_id": "frozen", "status": "unconfirmed"}));
+
+    // Gone: what cannot be handed to a master fails. The first frames
+    // may still be written to the dead connection (unconfirmed).
+    cluster.kill_node(master);
+    let mut statuses = Vec::new();
+    for i in 0..50 {
+        let ack = send_acked(&mut ctl, group_cmd(0, &format!("gone{i}"))).await;
+        statuses.push(ack["status"].as_str().unwrap_or("").to_owned());
+        if ack["status"] == "failed" {
+            assert_eq!(ack["reason"], "unavailable");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("failed"),
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().all(|s| s != "ok"), "{statuses:?}");
+    cluster.wait_for_failover(master, slot).await;
+    let mut back = false;
+    for i in 0..100 {
+        let ack = send_acked(&mut ctl, group_cmd(0, &format!("back{i}"))).await;
+        if ack["status"] == "ok" {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "acks ok again after the failover");
+    cluster.restart_node(master).await;
+}
+
+/// One shard's pub/sub connection killed three times under acknowledged
+/// traffic: publishing never stops (every ack `ok`), and every worker, on
+/// either instance, gets every cmd once and in order.
+#[tokio::test]
+async fn a_shard_pubsub_blip_drops_nothing_and_every_ack_is_ok() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::shared();
+    let front = named_hub(cluster, Some("cfront")).await;
+    let back = named_hub(cluster, Some("cback")).await;
+    let group = "cblip";
+    let master = cluster
+        .master_of_slot(key_slot(&group_channel(group)))
+        .await;
+    let conn = cluster.client(master).await;
+    let dropped = "aether_messages_dropped_total{reason=\"broker_unavailable\"}";
+    let before = front.metric(dropped).await;
+    let pubsub = "aether:cfront:pubsub";
+    let run = blip::run(&front, &back, group, || {
+        let mut conn = conn.clone();
+        async move {
+            let conn = &mut conn;
+            // The last kill's connection must be back first.
+            let mut up = false;
+            for _ in 0..100 {
+                if client_names(conn).await.iter().any(|n| n == pubsub) {
+                    up = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(up, "the shard's pub/sub connection never came back");
+            kill_named(conn, pubsub).await
+        }
+    })
+    .await;
+    assert_nothing_lost(&run);
+    assert_eq!(front.metric(dropped).await, before, "nothing dropped");
 }

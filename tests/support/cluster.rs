@@ -207,6 +207,40 @@ impl Cluster {
         port
     }
 
+    /// Freezes one node (SIGSTOP, `stop`) or wakes it (SIGCONT): its
+    /// sockets stay open but nothing answers. The cluster's node timeout
+    /// is raised meanwhile (see [`Cluster::set_node_timeout`]) or its
+    /// replica takes over.
+    pub fn freeze_node(&self, port: u16, stop: bool) {
+        let nodes = self.lock();
+        let pid = nodes
+            .iter()
+            .find(|n| n.port == port)
+            .and_then(|n| n.child.as_ref())
+            .map(|c| c.id())
+            .expect("a running node of this cluster");
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signalling a child process of this test.
+        unsafe { libc::kill(pid as libc::pid_t, sig) };
+    }
+
+    /// `CONFIG SET cluster-node-timeout` on every running node.
+    pub async fn set_node_timeout(&self, ms: u64) {
+        for port in self.running_ports() {
+            let Ok(Ok(mut conn)) =
+                tokio::time::timeout(Duration::from_secs(2), connect(port)).await
+            else {
+                continue;
+            };
+            let _: Result<(), _> = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("cluster-node-timeout")
+                .arg(ms)
+                .query_async(&mut conn)
+                .await;
+        }
+    }
+
     /// SIGKILLs one node, as a crash would.
     pub fn kill_node(&self, port: u16) {
         let mut nodes = self.lock();

@@ -53,6 +53,7 @@ pub async fn keep_commands(link: Arc<RedisLink>, retention: Retention) {
                 link.set_up(command.clone());
                 let lost = probe_until_lost(&link, &mut command).await;
                 link.set_down();
+                link.probed();
                 metrics::redis_reconnect();
                 tracing::warn!("Redis command connection lost ({lost}); reconnecting");
                 outages += 1;
@@ -91,6 +92,7 @@ async fn probe_until_lost(link: &RedisLink, command: &mut Commands) -> LinkError
         if let Err(e) = link::ping(command).await {
             return e;
         }
+        link.probed();
     }
 }
 
@@ -138,6 +140,10 @@ impl Supervisor {
                 Ok(listener) => {
                     backoff.reset();
                     let lost = self.serve(listener, messages.rx, &mut alarms).await;
+                    // Redis itself may be gone: the command connection
+                    // says so first, so that not ready means publishing
+                    // fails too.
+                    link.recheck().await;
                     link.set_listening(false);
                     metrics::redis_reconnect();
                     tracing::warn!("Redis pub/sub connection lost ({lost}); reconnecting");

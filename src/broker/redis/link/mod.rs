@@ -40,6 +40,10 @@ use crate::metrics;
 /// failure.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a pub/sub supervisor waits for the command connection's probe
+/// after losing its own connection ([`RedisLink::recheck`]).
+const RECHECK: Duration = Duration::from_millis(500);
+
 /// How often a supervisor probes its connections.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -118,6 +122,8 @@ pub struct RedisLink {
     listening: AtomicBool,
     /// A command failed as if the connection were gone: probe now.
     suspect: Notify,
+    /// Counts the command connection's probes ([`RedisLink::recheck`]).
+    probes: watch::Sender<u64>,
     connected: watch::Sender<u64>,
 }
 
@@ -152,6 +158,7 @@ impl RedisLink {
             up: AtomicBool::new(false),
             listening: AtomicBool::new(false),
             suspect: Notify::new(),
+            probes: watch::Sender::new(0),
             connected: watch::Sender::new(0),
         })
     }
@@ -310,6 +317,22 @@ impl RedisLink {
     /// Resolves at the next [`RedisLink::suspect`].
     pub async fn suspected(&self) {
         self.suspect.notified().await;
+    }
+
+    /// The command connection was probed (and declared down if it failed).
+    pub fn probed(&self) {
+        self.probes.send_modify(|n| *n += 1);
+    }
+
+    /// Has the command connection probed now, and waits (at most
+    /// [`RECHECK`]) for the outcome. When a pub/sub connection drops, Redis
+    /// itself may be gone: once this returns, a message published is
+    /// failed rather than written to a dead connection and unconfirmed.
+    pub async fn recheck(&self) {
+        let mut probes = self.probes.subscribe();
+        probes.mark_unchanged();
+        self.suspect();
+        let _ = tokio::time::timeout(RECHECK, probes.changed()).await;
     }
 
     /// `aether_redis_up` tells what `/readyz` tells.
