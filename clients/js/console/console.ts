@@ -1,6 +1,7 @@
 // The aether-hub web console: join a group as some client, watch members
-// and messages live, send msg/cmd frames. Plain DOM; everything rendered
-// from the hub or the user goes through textContent, never innerHTML.
+// and messages live, send msg/cmd frames and see each one's ack. Plain DOM;
+// everything rendered from the hub or the user goes through textContent,
+// never innerHTML.
 //
 // Settings can come from the query string, so two tabs open quickly:
 // /console?group=g1&client=worker-1&autoconnect=1 (also hub, target, to,
@@ -10,6 +11,9 @@
 import { AetherClient } from "./aether-hub-client.js";
 
 type Client = InstanceType<typeof AetherClient>;
+
+/** What a send resolves with: the hub's acknowledgement. */
+type Ack = Awaited<ReturnType<Client["sendGroup"]>>;
 
 /** The fields of a delivered message, in the order they are shown. */
 const FIELDS = [
@@ -51,7 +55,7 @@ interface Recovery {
   routes: { readonly [route: string]: RouteSummary | undefined };
 }
 
-type Failure = Error & { code?: string; closeCode?: number };
+type Failure = Error & { code?: string; closeCode?: number; reason?: string };
 
 type Body = { msg?: string; cmd?: string; payload?: Record<string, unknown> };
 
@@ -378,7 +382,7 @@ function send(): void {
   if (msgInput.value !== "") body.msg = msgInput.value;
   const target = targetSelect.value;
   const to = toInput.value.trim();
-  let sent: Promise<void>;
+  let sent: Promise<Ack>;
   switch (target) {
     case "direct":
       sent = c.sendDirect(to, body);
@@ -402,10 +406,33 @@ function send(): void {
   if (body.cmd) fields.push(["cmd", body.cmd]);
   if (body.msg !== undefined) fields.push(["msg", body.msg]);
   fields.push(["payload", body.payload]);
+  // The entry is written when the send settles: with the hub's ack (ok, or unconfirmed:
+  // its fate is unknown) or its `failed` answer. Any other error was not sent at all.
   sent.then(
-    () => addEntry("sent", `→ ${where}${what ? `: ${what}` : ""}`, fields),
-    (error: unknown) => logError(error),
+    (ack) => logSent(where, what, fields, ack),
+    (error: unknown) => {
+      const e = error as Failure;
+      if (e.code === "failed") logSent(where, what, fields, { status: "failed", reason: e.reason ?? "" });
+      else logError(error);
+    },
   );
+}
+
+function logSent(
+  where: string,
+  what: string,
+  fields: [string, unknown][],
+  ack: { status: string; ackId?: string; offset?: number; epoch?: string; reason?: string },
+): void {
+  const ackFields: [string, unknown][] = [["ack", ack.status]];
+  if (ack.offset !== undefined) ackFields.push(["offset", ack.offset]);
+  if (ack.epoch !== undefined) ackFields.push(["epoch", ack.epoch]);
+  if (ack.reason !== undefined) ackFields.push(["reason", ack.reason]);
+  if (ack.ackId !== undefined) ackFields.push(["ack_id", ack.ackId]);
+  let said = `ack ${ack.status}`;
+  if (ack.offset !== undefined) said += `, offset ${ack.offset}`;
+  if (ack.reason) said += `: ${ack.reason}`;
+  addEntry("sent", `→ ${where}${what ? `: ${what}` : ""} (${said})`, [...fields, ...ackFields], { ack: ack.status });
 }
 
 // ---- wiring -------------------------------------------------------------

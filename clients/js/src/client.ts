@@ -1,7 +1,8 @@
 // client.ts: AetherClient: connecting (URLs, credentials, recovery positions), the state
 // machine with reconnect and backoff, liveness (heartbeat + dead-connection deadline),
-// the bounded send queue, presence and the events.
+// the bounded send queue, acknowledgements, presence and the events.
 
+import { Acks, type Ack } from "./acks.js";
 import { backoffDelay } from "./backoff.js";
 import { decideClose, decideHttpStatus, httpStatusFromError, type CloseDecision } from "./closeCodes.js";
 import { Emitter } from "./emitter.js";
@@ -54,6 +55,13 @@ export interface AetherClientOptions {
   recovery?: boolean;
   /** Sends while not open wait in this bounded queue; 0 = off (they reject). Default 16. */
   queueSize?: number;
+  /**
+   * Ask the hub to acknowledge every send (`ack_id`); a send then resolves with its ack. Default
+   * true. false: no `ack_id`, a send resolves `{ status: "sent" }` once written to the socket.
+   */
+  acks?: boolean;
+  /** A written send with no ack after this long settles `unconfirmed` (reason `timeout`). Default 30000. */
+  ackTimeoutMs?: number;
   maxMessageBytes?: number;
   /**
    * Where `online` (window) and `visibilitychange` (document) come from. Default: the
@@ -90,7 +98,8 @@ export interface AetherEvents {
 
 interface Queued {
   text: string;
-  resolve: () => void;
+  ackId: string | undefined;
+  resolve: (ack: Ack) => void;
   reject: (e: AetherError) => void;
 }
 
@@ -125,6 +134,7 @@ export class AetherClient extends Emitter<AetherEvents> {
   private readonly queueSize: number;
   private readonly maxBytes: number;
   private readonly recoveryOn: boolean;
+  private readonly acks: Acks | undefined;
 
   private _state: State = "idle";
   private _members = new Set<string>();
@@ -171,6 +181,8 @@ export class AetherClient extends Emitter<AetherEvents> {
     this.queueSize = Math.floor(num(options.queueSize, "queueSize", 16, 0));
     this.maxBytes = num(options.maxMessageBytes, "maxMessageBytes", 65536, 64);
     this.recoveryOn = options.recovery !== false;
+    const ackTimeoutMs = num(options.ackTimeoutMs, "ackTimeoutMs", 30000, 1);
+    this.acks = options.acks === false ? undefined : new Acks(ackTimeoutMs);
   }
 
   get state(): State {
@@ -204,22 +216,30 @@ export class AetherClient extends Emitter<AetherEvents> {
     return p;
   }
 
-  /** Closes with 1000; never reconnects afterwards; queued sends reject with "closed". */
+  /**
+   * Closes with 1000; never reconnects afterwards; queued sends reject with "closed", written
+   * sends still waiting for their ack resolve `unconfirmed` (reason `closed`).
+   */
   close(): void {
     if (this._state === "closed") return;
     this.stop(new AetherError("closed", "the client was closed"), 1000);
   }
 
-  sendGroup(body: Body): Promise<void> {
+  /*
+   * The send helpers resolve with the hub's ack: `ok` (published) or `unconfirmed` (fate
+   * unknown; never resent by the client). A `failed` ack rejects with AetherError `failed`.
+   * With `acks: false` they resolve `{ status: "sent" }` once written.
+   */
+  sendGroup(body: Body): Promise<Ack> {
     return this.sendFrame("group", null, body);
   }
-  sendDirect(to: string, body: Body): Promise<void> {
+  sendDirect(to: string, body: Body): Promise<Ack> {
     return this.sendFrame("direct", to, body);
   }
-  broadcast(body: Body): Promise<void> {
+  broadcast(body: Body): Promise<Ack> {
     return this.sendFrame("broadcast", null, body);
   }
-  echo(body: Body): Promise<void> {
+  echo(body: Body): Promise<Ack> {
     return this.sendFrame("echo", null, body);
   }
 
@@ -243,40 +263,45 @@ export class AetherClient extends Emitter<AetherEvents> {
 
   // ---- sending ----
 
-  private sendFrame(target: Target, to: string | null, body: Body): Promise<void> {
+  private sendFrame(target: Target, to: string | null, body: Body): Promise<Ack> {
+    const ackId = this.acks?.nextId();
     let text: string;
     try {
-      text = buildFrame({ client: this.client, group: this.group, maxMessageBytes: this.maxBytes }, target, to, body);
+      text = buildFrame({ client: this.client, group: this.group, maxMessageBytes: this.maxBytes }, target, to, body, ackId);
     } catch (e) {
       return Promise.reject(e instanceof AetherError ? e : new AetherError("invalid_message", String(e)));
     }
     if (this._state === "open" && this.ws && this.checkAlive()) {
-      this.write(text);
-      return Promise.resolve();
+      return new Promise<Ack>((resolve, reject) => this.writeSend({ text, ackId, resolve, reject }));
     }
     if (this._state === "closed") return Promise.reject(new AetherError("closed", "the client was closed"));
     if (this.queueSize === 0) return Promise.reject(new AetherError("not_connected", "not connected and the send queue is off"));
     if (this.queue.length >= this.queueSize) {
       return Promise.reject(new AetherError("queue_full", `not connected and the send queue is full (${this.queueSize})`));
     }
-    return new Promise<void>((resolve, reject) => this.queue.push({ text, resolve, reject }));
+    return new Promise<Ack>((resolve, reject) => this.queue.push({ text, ackId, resolve, reject }));
   }
 
   private write(text: string): void {
     this.ws?.send(text);
   }
 
+  /** Writes a send; from then on it waits for its ack (acks off: resolved now). */
+  private writeSend(item: Queued): void {
+    try {
+      this.write(item.text);
+    } catch (e) {
+      item.reject(new AetherError("not_connected", String(e)));
+      return;
+    }
+    if (item.ackId === undefined || !this.acks) item.resolve({ status: "sent" });
+    else this.acks.wait(item.ackId, item.resolve, item.reject);
+  }
+
   private flushQueue(): void {
     const q = this.queue;
     this.queue = [];
-    for (const item of q) {
-      try {
-        this.write(item.text);
-        item.resolve();
-      } catch (e) {
-        item.reject(new AetherError("not_connected", String(e)));
-      }
-    }
+    for (const item of q) this.writeSend(item);
   }
 
   // ---- connecting ----
@@ -381,10 +406,14 @@ export class AetherClient extends Emitter<AetherEvents> {
 
   private pendingRecovered = false;
 
-  /** Detaches and closes the current socket and its timers; no handler of it runs afterwards. */
+  /**
+   * Detaches and closes the current socket and its timers; no handler of it runs afterwards.
+   * Sends written on it and still waiting settle `unconfirmed`: their ack cannot come now.
+   */
   private dropSocket(code?: number, reason?: string): void {
     const ws = this.ws;
     this.ws = undefined;
+    this.acks?.dropAll("disconnected");
     clearTimeout(this.connectTimer);
     clearTimeout(this.heartbeatTimer);
     clearTimeout(this.deadTimer);
@@ -441,6 +470,7 @@ export class AetherClient extends Emitter<AetherEvents> {
   /** Stops for good: no reconnect; pending work rejects with `error`. */
   private stop(error: AetherError, closeCode?: number, code?: number, reason?: string): void {
     this.generation++;
+    this.acks?.dropAll("closed");
     clearTimeout(this.timer);
     this.timer = undefined;
     this.dropSocket(closeCode, closeCode === 1000 ? "client closed" : undefined);
@@ -552,6 +582,9 @@ export class AetherClient extends Emitter<AetherEvents> {
         return;
       case "heartbeat":
         this.scheduleHeartbeat();
+        return;
+      case "ack":
+        this.acks?.settle(m.payload);
         return;
       default:
         return;

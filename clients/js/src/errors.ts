@@ -11,17 +11,21 @@ export type AetherErrorCode =
   | "timeout"
   | "token"
   | "refused"
-  | "hub_closed";
+  | "hub_closed"
+  | "failed";
 
 export class AetherError extends Error {
   readonly code: AetherErrorCode;
   /** The WebSocket close code (or, for `refused`, the HTTP status) behind this error, when there is one. */
   readonly closeCode?: number;
+  /** For `failed`: the hub's reason (`unavailable`: Redis could not take the message). */
+  readonly reason?: string;
 
-  constructor(code: AetherErrorCode, message: string, closeCode?: number) {
+  constructor(code: AetherErrorCode, message: string, closeCode?: number, reason?: string) {
     super(message);
     this.name = "AetherError";
     this.code = code;
     if (closeCode !== undefined) this.closeCode = closeCode;
+    if (reason !== undefined) this.reason = reason;
   }
 }

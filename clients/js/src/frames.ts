@@ -1,10 +1,10 @@
-// frames.ts: V3 frames: Vision IDs, building a client frame from a send helper's body,
+// frames.ts: V3 frames: Vision IDs, building a client frame from a send helper's body (with its ack_id),
 // validating it (so the hub never has to close the socket) and reading deliveries.
 
 import { AetherError } from "./errors.js";
 
 export type Target = "direct" | "group" | "broadcast" | "echo";
-export type MsgType = "msg" | "cmd" | "heartbeat" | "presence" | "recovery";
+export type MsgType = "msg" | "cmd" | "heartbeat" | "presence" | "recovery" | "ack";
 
 /** What a send helper takes. `msg_type` is `cmd` when `cmd` is set, else `msg`. */
 export interface Body {
@@ -63,10 +63,11 @@ export interface FrameContext {
 }
 
 /**
- * Builds the JSON text of a `msg`/`cmd` frame and validates it. Throws AetherError
- * (`invalid_message` or `too_large`) instead of producing a frame the hub would close on.
+ * Builds the JSON text of a `msg`/`cmd` frame (asking for an ack when `ackId` is given) and
+ * validates it. Throws AetherError (`invalid_message` or `too_large`) instead of producing a
+ * frame the hub would close on.
  */
-export function buildFrame(ctx: FrameContext, target: Target, to: string | null, body: Body | undefined): string {
+export function buildFrame(ctx: FrameContext, target: Target, to: string | null, body: Body | undefined, ackId?: string): string {
   const b: Body = body ?? {};
   if (!isPlainObject(b)) throw invalid("the message body must be an object");
   for (const key of Object.keys(b)) {
@@ -96,6 +97,7 @@ export function buildFrame(ctx: FrameContext, target: Target, to: string | null,
     payload,
   };
   if (b.sentAt !== undefined) frame.sent_at = b.sentAt;
+  if (ackId !== undefined) frame.ack_id = ackId;
   checkStrict(payload);
   for (const key of ["cmd", "msg"] as const) {
     const v = b[key];

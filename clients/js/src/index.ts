@@ -11,6 +11,7 @@ export type {
   WebSocketConstructor,
   WebSocketLike,
 } from "./client.js";
+export type { Ack } from "./acks.js";
 export { AetherError } from "./errors.js";
 export type { AetherErrorCode } from "./errors.js";
 export { isVisionId } from "./frames.js";

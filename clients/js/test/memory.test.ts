@@ -1,9 +1,11 @@
 // The client against the real hub in memory mode (one instance): every send helper and its
 // events, presence and the live members set, validation errors, the bounded queue, close(),
 // reconnect after a hub restart, tokens (4001 → new token), refusals, a 4003 stop,
-// recovered:false, dead-connection detection, online/visibilitychange, no listener leak.
+// recovered:false, dead-connection detection, online/visibilitychange, no listener leak,
+// acknowledgements (ok with offsets, after a queue flush, unconfirmed on a drop, acks off).
 import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from "vitest";
-import { type AetherClient, AetherError, type Message, type StateEvent } from "../src/index.js";
+import { WebSocket } from "ws";
+import { type Ack, type AetherClient, AetherError, type Message, type StateEvent } from "../src/index.js";
 import { startHub, waitFor, type Hub } from "./support/hub.js";
 import { startProxy, type Proxy } from "./support/proxy.js";
 import { closeAll, collect, connectedPair, id, makeClient, signToken, sleep } from "./support/util.js";
@@ -32,6 +34,18 @@ async function ownProxy(h: Hub): Promise<Proxy> {
   return p;
 }
 const opens = (states: StateEvent[]) => states.filter((s) => s.to === "open").length;
+
+/** A real `ws` WebSocket that also records every frame the client writes. */
+function spySocket(): { WebSocket: typeof WebSocket; frames: Array<Record<string, unknown>> } {
+  const frames: Array<Record<string, unknown>> = [];
+  class Spy extends WebSocket {
+    override send(data: string): void {
+      frames.push(JSON.parse(data) as Record<string, unknown>);
+      super.send(data);
+    }
+  }
+  return { WebSocket: Spy, frames };
+}
 
 describe("sending and receiving", () => {
   test("sendGroup, sendDirect, broadcast and echo deliver to the right clients with the right fields", async () => {
@@ -123,7 +137,7 @@ describe("state, validation, queue, close", () => {
     const got = collect(b, "message");
     const errors = collect(a, "error");
     const states = collect(a, "state");
-    const bad: Array<[Promise<void>, string]> = [
+    const bad: Array<[Promise<Ack>, string]> = [
       [a.sendDirect("not a vision id", { msg: "x" }), "invalid_message"],
       [a.sendDirect("", { msg: "x" }), "invalid_message"],
       [a.sendGroup({ payload: null as never }), "invalid_message"],
@@ -155,7 +169,9 @@ describe("state, validation, queue, close", () => {
     const sent = [tx.sendGroup({ msg: "1" }), tx.sendGroup({ msg: "2" }), tx.sendDirect(rx.client, { msg: "3" })];
     await expect(tx.sendGroup({ msg: "4" })).rejects.toMatchObject({ code: "queue_full" });
     await tx.connect();
-    await Promise.all(sent);
+    const acks = await Promise.all(sent);
+    expect(acks.map((a) => a.status)).toEqual(["ok", "ok", "ok"]);
+    expect(acks[1]!.offset).toBe(acks[0]!.offset! + 1); // two group sends in a row
     await waitFor(() => got.length === 3);
     expect(got.map((m) => m.msg)).toEqual(["1", "2", "3"]);
 
@@ -183,9 +199,13 @@ describe("state, validation, queue, close", () => {
     await waitFor(() => tx.state !== "open");
     const p = [tx.sendGroup({ msg: "a" }), tx.sendGroup({ msg: "b" })];
     proxy.resume();
-    await Promise.all(p);
+    const acks = await Promise.all(p); // acked after the reconnect's flush
+    expect(acks.map((a) => a.status)).toEqual(["ok", "ok"]);
+    expect(typeof acks[0]!.offset).toBe("number");
+    expect(acks[1]!.offset).toBe(acks[0]!.offset! + 1);
     await waitFor(() => got.length === 2);
     expect(got.map((m) => m.msg)).toEqual(["a", "b"]);
+    expect(got.map((m) => m.offset)).toEqual(acks.map((a) => a.offset));
   });
 });
 
@@ -502,8 +522,88 @@ describe("policy close", () => {
     const c = makeClient({ url: h.url, group: id("g"), client: id("c") });
     const errors = collect(c, "error");
     await c.connect();
-    await c.broadcast({ msg: "x" });
+    // A frame that closes the socket gets no ack: the send settles unconfirmed with the close.
+    expect(await c.broadcast({ msg: "x" })).toMatchObject({ status: "unconfirmed", reason: "disconnected" });
     await waitFor(() => c.state === "closed");
     expect(errors[0]).toMatchObject({ code: "hub_closed", closeCode: 4003 });
+  });
+});
+
+describe("acknowledgements", () => {
+  test("every send resolves with its ack: ok, consecutive group offsets; echo's ack after the echo; recipients never see ack_id", async () => {
+    const g = id("g");
+    const spy = spySocket();
+    const ctl = makeClient({ url: hub.url, group: g, client: id("ctl"), WebSocket: spy.WebSocket });
+    const w = makeClient({ url: hub.url, group: g, client: id("w") });
+    await Promise.all([ctl.connect(), w.connect()]);
+    const wGot: Message[] = [];
+    w.on("message", (m) => wGot.push(m));
+    w.on("cmd", (m) => wGot.push(m));
+    const ctlGot = collect(ctl, "message");
+    const ctlCmds = collect(ctl, "cmd");
+
+    const groupAcks: Ack[] = [];
+    for (let i = 0; i < 5; i++) groupAcks.push(await ctl.sendGroup({ cmd: "step", payload: { i } }));
+    for (const a of groupAcks) {
+      expect(a.status).toBe("ok");
+      expect(typeof a.offset).toBe("number");
+      expect(a.epoch).toMatch(/^[A-Za-z0-9_-]{1,64}$/);
+    }
+    const offsets = groupAcks.map((a) => a.offset!);
+    expect(offsets.slice(1)).toEqual(offsets.slice(0, -1).map((o) => o + 1));
+    expect(new Set(groupAcks.map((a) => a.epoch)).size).toBe(1);
+
+    const direct = await ctl.sendDirect(w.client, { msg: "direct" });
+    expect(direct).toMatchObject({ status: "ok", offset: expect.any(Number) as number, epoch: expect.any(String) as string });
+    const all = await ctl.broadcast({ msg: "all" });
+    expect(all).toMatchObject({ status: "ok", offset: expect.any(Number) as number });
+    const echo = await ctl.echo({ msg: "me" });
+    expect(echo.status).toBe("ok");
+    expect(echo.offset).toBeUndefined(); // echo is not kept in history
+    expect(ctlGot.map((m) => m.msg)).toEqual(["me"]); // the echo arrived before its ack
+
+    // Every frame written carried its ack_id; the recipients' copies do not.
+    const written = spy.frames.filter((f) => f.msg_type === "msg" || f.msg_type === "cmd");
+    expect(written.map((f) => f.ack_id)).toEqual([...groupAcks, direct, all, echo].map((a) => a.ackId));
+    await waitFor(() => wGot.length === 7);
+    await sleep(200);
+    expect(wGot.length).toBe(7);
+    for (const m of wGot) expect(m).not.toHaveProperty("ack_id");
+    expect(wGot.filter((m) => m.target === "group").map((m) => m.offset)).toEqual(offsets);
+    expect(wGot.find((m) => m.target === "direct")!.offset).toBe(direct.offset);
+    // The ack frames were consumed by the client, not emitted as messages.
+    expect(ctlGot.length + ctlCmds.length).toBe(1);
+    for (const m of [...ctlGot, ...wGot]) expect(m.msg_type).not.toBe("ack");
+  });
+
+  test("a send written just before the connection drops resolves unconfirmed and is never resent", async () => {
+    const proxy = await ownProxy(hub);
+    const g = id("g");
+    const spy = spySocket();
+    const tx = makeClient({ url: proxy.url, group: g, client: id("tx"), WebSocket: spy.WebSocket });
+    const states = collect(tx, "state");
+    await tx.connect();
+    const pending = tx.sendGroup({ msg: "maybe" });
+    proxy.pause();
+    proxy.cut(); // in the same tick: the ack cannot have come back
+    expect(await pending).toMatchObject({ status: "unconfirmed", reason: "disconnected" });
+    proxy.resume();
+    await waitFor(() => opens(states) === 2);
+    expect(await tx.sendGroup({ msg: "after" })).toMatchObject({ status: "ok" });
+    expect(spy.frames.filter((f) => f.msg === "maybe")).toHaveLength(1);
+  });
+
+  test("acks: false: frames carry no ack_id and a send resolves { status: \"sent\" } once written", async () => {
+    const g = id("g");
+    const spy = spySocket();
+    const tx = makeClient({ url: hub.url, group: g, client: id("tx"), acks: false, WebSocket: spy.WebSocket });
+    const rx = makeClient({ url: hub.url, group: g, client: id("rx") });
+    await Promise.all([tx.connect(), rx.connect()]);
+    const got = collect(rx, "message");
+    const echoes = collect(tx, "message");
+    expect(await tx.sendGroup({ msg: "one" })).toEqual({ status: "sent" });
+    expect(await tx.echo({ msg: "two" })).toEqual({ status: "sent" });
+    await waitFor(() => got.length === 1 && echoes.length === 1);
+    expect(spy.frames.filter((f) => "ack_id" in f)).toEqual([]);
   });
 });

@@ -1,8 +1,9 @@
 // The client against two real hub instances sharing a real Redis: cross-instance delivery
 // and presence, recovery after dropped TCP connections (cut by a proxy) with no loss and no
-// duplicate, and failover from one hub URL to the other when a hub dies.
+// duplicate, failover from one hub URL to the other when a hub dies, and acknowledgements:
+// the ack's offset is the delivered message's; with Redis stopped a send rejects `failed`.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
-import type { Message, RecoveredEvent } from "../src/index.js";
+import { type Ack, AetherError, type Message, type RecoveredEvent } from "../src/index.js";
 import { startHub, startRedis, waitFor, type Hub } from "./support/hub.js";
 import { startProxy, type Proxy } from "./support/proxy.js";
 import { closeAll, collect, id, makeClient, sleep } from "./support/util.js";
@@ -138,6 +139,67 @@ describe("redis mode, two instances", () => {
       await waitFor(async () => (await ctl.presence()).includes(w.client));
     } finally {
       await c1.stop("SIGKILL");
+    }
+  });
+});
+
+describe("redis mode, acknowledgements", () => {
+  test("a send resolves with its ack: ok, with the offset and epoch the recipient on the other instance gets", async () => {
+    const g = id("g");
+    const ctl = makeClient({ url: a.url, group: g, client: id("ctl") });
+    const w = makeClient({ url: b.url, group: g, client: id("w") });
+    await Promise.all([ctl.connect(), w.connect()]);
+    const got = collect(w, "cmd");
+    const acks: Ack[] = [];
+    for (let i = 0; i < 3; i++) acks.push(await ctl.sendGroup({ cmd: "job", payload: { i } }));
+    acks.push(await ctl.sendDirect(w.client, { cmd: "direct" }));
+    for (const ack of acks) expect(ack).toMatchObject({ status: "ok", offset: expect.any(Number) as number, epoch: expect.any(String) as string });
+    expect(acks[1]!.offset).toBe(acks[0]!.offset! + 1);
+    expect(acks[2]!.offset).toBe(acks[1]!.offset! + 1);
+    await waitFor(() => got.length === 4);
+    expect(got.map((m) => [m.offset, m.epoch])).toEqual(acks.map((x) => [x.offset, x.epoch]));
+    for (const m of got) expect(m).not.toHaveProperty("ack_id");
+    const echo = await ctl.echo({ msg: "me" });
+    expect(echo.status).toBe("ok");
+  });
+
+  test("with Redis stopped, a send rejects failed (unavailable) and the socket stays open", async () => {
+    // Its own Redis and hub: stopping this Redis affects no other test.
+    const r = await startRedis();
+    let h: Hub | undefined;
+    try {
+      h = await startHub({ env: { AETHER_REDIS_URL: r.url, AETHER_REDIS_PREFIX: `t${process.pid}x:` } });
+      const hub = h;
+      const g = id("g");
+      const ctl = makeClient({ url: hub.url, group: g, client: id("ctl") });
+      await ctl.connect();
+      const states = collect(ctl, "state");
+      expect(await ctl.sendGroup({ cmd: "before" })).toMatchObject({ status: "ok" });
+      await r.stop();
+      await waitFor(
+        async () => {
+          try {
+            return (await fetch(hub.httpUrl + "/readyz", { signal: AbortSignal.timeout(1000) })).status === 503;
+          } catch {
+            return false;
+          }
+        },
+        { timeoutMs: 15_000, intervalMs: 50 },
+      );
+      const err = await ctl.sendGroup({ cmd: "during" }).then(
+        (ack) => ack,
+        (e: unknown) => e,
+      );
+      expect(err).toMatchObject({ code: "failed", reason: "unavailable" });
+      expect(err).toBeInstanceOf(AetherError);
+      expect(ctl.state).toBe("open");
+      expect(states).toEqual([]); // never disconnected
+      // echo never touches Redis: still acked ok.
+      expect(await ctl.echo({ msg: "still here" })).toMatchObject({ status: "ok" });
+    } finally {
+      closeAll();
+      await h?.stop();
+      await r.stop();
     }
   });
 });

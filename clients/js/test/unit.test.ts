@@ -1,11 +1,13 @@
 // Unit tests of the pure parts: backoff, frame building/validation, close-code decisions,
-// recovery positions and dedup, the emitter.
-import { describe, expect, test } from "vitest";
+// recovery positions and dedup, the emitter, the pending-ack table, and the client's acks
+// against a scripted fake socket.
+import { afterEach, describe, expect, test, vi } from "vitest";
+import { Acks } from "../src/acks.js";
 import { backoffDelay } from "../src/backoff.js";
 import { decideClose, decideHttpStatus, httpStatusFromError } from "../src/closeCodes.js";
 import { buildFrame, isVisionId } from "../src/frames.js";
 import { Positions } from "../src/recovery.js";
-import { AetherClient, AetherError, type Message } from "../src/index.js";
+import { type Ack, AetherClient, AetherError, type Message, type WebSocketLike } from "../src/index.js";
 
 describe("backoffDelay (full jitter)", () => {
   const o = { minDelayMs: 500, maxDelayMs: 20000 };
@@ -45,6 +47,8 @@ describe("frames", () => {
       version: "3", msg_type: "msg", target: "direct", from_id: "me", to_id: "w1", group_id: null,
       cmd: null, msg: "hi", payload: {}, sent_at: "2026-01-02T03:04:05Z",
     });
+    expect(JSON.parse(buildFrame(ctx, "echo", null, {}, "ab-1"))).toMatchObject({ target: "echo", ack_id: "ab-1" });
+    expect(JSON.parse(buildFrame(ctx, "echo", null, {}))).not.toHaveProperty("ack_id");
   });
   test.each([
     ["direct to a bad id", "direct", "a b", {}],
@@ -137,5 +141,199 @@ describe("client options and emitter", () => {
     expect(c.listenerCount("state")).toBe(1);
     off();
     expect(c.listenerCount()).toBe(0);
+  });
+});
+
+/** The settled value of each promise so far (after pending microtasks): an Ack, an error, or "pending". */
+async function states(ps: Promise<Ack>[]): Promise<Array<Ack | AetherError | "pending">> {
+  const out: Array<Ack | AetherError | "pending"> = ps.map(() => "pending");
+  ps.forEach((p, i) => {
+    p.then(
+      (a) => void (out[i] = a),
+      (e: AetherError) => void (out[i] = e),
+    );
+  });
+  for (let i = 0; i < 5; i++) await Promise.resolve();
+  return out;
+}
+
+describe("acks: the pending-ack table", () => {
+  afterEach(() => void vi.useRealTimers());
+  const waitFor = (t: Acks, id: string) => new Promise<Ack>((resolve, reject) => t.wait(id, resolve, reject));
+
+  test("ack ids: within the charset, unique per table, a random prefix per table", () => {
+    const t = new Acks(1000);
+    const ids = Array.from({ length: 2000 }, () => t.nextId());
+    for (const id of ids) expect(id).toMatch(/^[A-Za-z0-9_-]{1,64}$/);
+    expect(new Set(ids).size).toBe(ids.length);
+    const prefix = (id: string) => id.slice(0, id.indexOf("-"));
+    expect(prefix(ids[0]!)).toHaveLength(7);
+    expect(new Set(ids.map(prefix)).size).toBe(1);
+    expect(prefix(new Acks(1000).nextId())).not.toBe(prefix(ids[0]!));
+  });
+
+  test("each send settles exactly once: ok with offset/epoch, failed rejects, unconfirmed resolves", async () => {
+    const t = new Acks(60_000);
+    const [a, b, c, d] = ["a", "b", "c", "d"].map((id) => waitFor(t, id));
+    expect(t.size).toBe(4);
+    expect(t.settle({ ack_id: "a", status: "ok", offset: 42, epoch: "e1" })).toBe(true);
+    expect(t.settle({ ack_id: "a", status: "failed", reason: "unavailable" })).toBe(false); // already settled
+    expect(t.settle({ ack_id: "b", status: "failed", reason: "unavailable" })).toBe(true);
+    expect(t.settle({ ack_id: "c", status: "unconfirmed", reason: "timeout" })).toBe(true);
+    expect(t.settle({ ack_id: "d", status: "ok" })).toBe(true);
+    expect(t.settle({ ack_id: "zz", status: "ok" })).toBe(false);
+    expect(t.settle({ status: "ok" })).toBe(false);
+    expect(t.size).toBe(0);
+    expect(await a).toEqual({ status: "ok", ackId: "a", offset: 42, epoch: "e1" });
+    const err = await b!.then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(AetherError);
+    expect(err).toMatchObject({ code: "failed", reason: "unavailable" });
+    expect(await c).toEqual({ status: "unconfirmed", ackId: "c", reason: "timeout" });
+    expect(await d).toEqual({ status: "ok", ackId: "d" }); // not kept in history: no offset
+  });
+
+  test("dropAll (a lost connection) settles every waiting send unconfirmed; a late ack is ignored", async () => {
+    const t = new Acks(60_000);
+    const ps = ["x", "y"].map((id) => waitFor(t, id));
+    t.dropAll("disconnected");
+    expect(t.size).toBe(0);
+    expect(t.settle({ ack_id: "x", status: "ok", offset: 1, epoch: "e" })).toBe(false);
+    expect(await Promise.all(ps)).toEqual([
+      { status: "unconfirmed", ackId: "x", reason: "disconnected" },
+      { status: "unconfirmed", ackId: "y", reason: "disconnected" },
+    ]);
+  });
+
+  test("no ack within the timeout: unconfirmed (timeout), and no timer is left behind", async () => {
+    vi.useFakeTimers();
+    const t = new Acks(1000);
+    const first = waitFor(t, "p1");
+    vi.advanceTimersByTime(500);
+    const second = waitFor(t, "p2");
+    vi.advanceTimersByTime(501);
+    expect(await states([first, second])).toEqual([{ status: "unconfirmed", ackId: "p1", reason: "timeout" }, "pending"]);
+    expect(t.size).toBe(1);
+    vi.advanceTimersByTime(500);
+    expect(await states([second])).toEqual([{ status: "unconfirmed", ackId: "p2", reason: "timeout" }]);
+    expect(t.size).toBe(0);
+    expect(vi.getTimerCount()).toBe(0);
+    expect(t.settle({ ack_id: "p2", status: "ok" })).toBe(false);
+    // An ack, and a lost connection, clear their send's timer too.
+    const acked = waitFor(t, "p3");
+    void waitFor(t, "p4");
+    expect(vi.getTimerCount()).toBe(2);
+    t.settle({ ack_id: "p3", status: "ok" });
+    t.dropAll("disconnected");
+    expect(vi.getTimerCount()).toBe(0);
+    expect(await acked).toEqual({ status: "ok", ackId: "p3" });
+  });
+});
+
+/** A scripted socket: opens on the next tick, records what is sent, answers when told. */
+class FakeSocket implements WebSocketLike {
+  static all: FakeSocket[] = [];
+  readyState = 0;
+  sent: Array<Record<string, unknown>> = [];
+  onopen: ((ev: unknown) => void) | null = null;
+  onmessage: ((ev: unknown) => void) | null = null;
+  onclose: ((ev: unknown) => void) | null = null;
+  onerror: ((ev: unknown) => void) | null = null;
+  constructor() {
+    FakeSocket.all.push(this);
+    setTimeout(() => {
+      this.readyState = 1;
+      this.onopen?.({});
+    }, 0);
+  }
+  send(data: string): void {
+    this.sent.push(JSON.parse(data) as Record<string, unknown>);
+  }
+  close(): void {
+    this.readyState = 3;
+  }
+  /** The frames the application sent (not the client's own presence queries and heartbeats). */
+  sends(): Array<Record<string, unknown>> {
+    return this.sent.filter((f) => f.msg_type === "msg" || f.msg_type === "cmd");
+  }
+  ack(payload: Record<string, unknown>): void {
+    this.onmessage?.({ data: JSON.stringify({ version: "3", msg_type: "ack", target: "echo", from_id: "c", to_id: null, group_id: "g", cmd: null, msg: null, payload, sent_at: "2026-01-01T00:00:00Z" }) });
+  }
+  drop(): void {
+    this.readyState = 3;
+    this.onclose?.({ code: 1006, reason: "" });
+  }
+}
+
+describe("the client's acks (fake socket)", () => {
+  afterEach(() => {
+    FakeSocket.all = [];
+  });
+  const make = (extra: Record<string, unknown> = {}) =>
+    new AetherClient({ url: "ws://fake", group: "g", client: "c", WebSocket: FakeSocket, environment: {}, reconnect: { minDelayMs: 1, maxDelayMs: 1 }, ...extra });
+
+  test("a send carries an ack_id and resolves with its ack; the ack frame is not a message", async () => {
+    const c = make();
+    const seen: Message[] = [];
+    c.on("message", (m) => seen.push(m));
+    await c.connect();
+    const ws = FakeSocket.all[0]!;
+    const p = c.sendGroup({ msg: "hi" });
+    const q = c.echo({ msg: "me" });
+    const [f1, f2] = ws.sends();
+    expect(f1!.ack_id).toMatch(/^[A-Za-z0-9_-]{1,64}$/);
+    expect(f2!.ack_id).not.toBe(f1!.ack_id);
+    expect(await states([p, q])).toEqual(["pending", "pending"]);
+    ws.ack({ ack_id: f2!.ack_id, status: "ok" });
+    ws.ack({ ack_id: f1!.ack_id, status: "ok", offset: 7, epoch: "e" });
+    expect(await p).toEqual({ status: "ok", ackId: f1!.ack_id, offset: 7, epoch: "e" });
+    expect(await q).toEqual({ status: "ok", ackId: f2!.ack_id });
+    const r = c.sendDirect("w", { cmd: "go" });
+    ws.ack({ ack_id: ws.sends()[2]!.ack_id, status: "failed", reason: "unavailable" });
+    await expect(r).rejects.toMatchObject({ code: "failed", reason: "unavailable" });
+    expect(seen).toEqual([]);
+    c.close();
+  });
+
+  test("written sends settle unconfirmed when the socket drops or close() is called; queued ones are acked after the flush", async () => {
+    const c = make();
+    await c.connect();
+    const first = FakeSocket.all[0]!;
+    const lost = c.sendGroup({ msg: "lost" });
+    first.drop();
+    expect(await lost).toMatchObject({ status: "unconfirmed", reason: "disconnected" });
+    expect(c.state).toBe("reconnecting");
+    const queued = c.sendGroup({ msg: "queued" }); // not written yet: no ack to wait for
+    await vi.waitFor(() => expect(c.state).toBe("open"), { timeout: 2000 });
+    const second = FakeSocket.all[1]!;
+    const [f] = second.sends();
+    expect(f).toMatchObject({ msg: "queued" });
+    expect(await states([queued])).toEqual(["pending"]);
+    second.ack({ ack_id: f!.ack_id, status: "ok", offset: 3, epoch: "e" });
+    expect(await queued).toMatchObject({ status: "ok", offset: 3 });
+    const atClose = c.broadcast({ msg: "last" });
+    c.close();
+    expect(await atClose).toMatchObject({ status: "unconfirmed", reason: "closed" });
+    await expect(c.sendGroup({})).rejects.toMatchObject({ code: "closed" });
+  });
+
+  test("ackTimeoutMs: no ack in time settles unconfirmed (timeout) and the socket stays open", async () => {
+    const c = make({ ackTimeoutMs: 50 });
+    await c.connect();
+    const ack = await c.sendGroup({ msg: "x" });
+    expect(ack).toMatchObject({ status: "unconfirmed", reason: "timeout" });
+    expect(c.state).toBe("open");
+    c.close();
+  });
+
+  test("acks: false: no ack_id, resolved { status: \"sent\" } once written", async () => {
+    const c = make({ acks: false });
+    await c.connect();
+    expect(await c.sendGroup({ msg: "x" })).toEqual({ status: "sent" });
+    expect(FakeSocket.all[0]!.sends()[0]).not.toHaveProperty("ack_id");
+    c.close();
+  });
+
+  test("invalid ack options throw", () => {
+    expect(() => make({ ackTimeoutMs: 0 })).toThrow(AetherError);
   });
 });

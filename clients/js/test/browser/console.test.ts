@@ -2,8 +2,9 @@
 // page straight on the hub, a worker page behind a proxy. The worker receives
 // the controller's commands; its connection is cut, the commands sent
 // meanwhile arrive in order, exactly once, after it reconnects by itself, with
-// a recovery summary saying nothing was lost. A screenshot is saved to
-// test-results/console.png.
+// a recovery summary saying nothing was lost. Every command the controller
+// sends is logged with its ack (ok, and the offset the worker receives it
+// with). A screenshot is saved to test-results/console.png.
 
 import { existsSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -104,6 +105,21 @@ describe.skipIf(!haveChromium)("the console in Chromium", () => {
     );
   }
 
+  /** Every `sent` entry of a page's log: its ack status and its rendered fields. */
+  async function sentEntries(page: Page): Promise<Array<{ ack: string; fields: Record<string, string> }>> {
+    return page.$$eval('[data-testid="log-entry"][data-kind="sent"]', (entries) =>
+      entries.map((entry) => ({
+        ack: (entry as HTMLElement).dataset.ack ?? "",
+        fields: Object.fromEntries(
+          [...entry.querySelectorAll<HTMLElement>("dd[data-field]")].map((dd) => [
+            dd.dataset.field ?? "",
+            dd.textContent ?? "",
+          ]),
+        ),
+      })),
+    );
+  }
+
   async function waitForCommands(page: Page, count: number): Promise<void> {
     await page.waitForFunction(
       (n) => document.querySelectorAll('[data-testid="log-entry"][data-kind="cmd"]').length >= n,
@@ -112,7 +128,7 @@ describe.skipIf(!haveChromium)("the console in Chromium", () => {
     );
   }
 
-  /** Sends a cmd from the page's send form and waits until it is written. */
+  /** Sends a cmd from the page's send form and waits until its ack is logged. */
   async function sendCmd(page: Page, cmd: string, payload: object, target = "group"): Promise<void> {
     const sent = await page.locator('[data-testid="log-entry"][data-kind="sent"]').count();
     await page.getByTestId("kind").selectOption("cmd");
@@ -172,6 +188,16 @@ describe.skipIf(!haveChromium)("the console in Chromium", () => {
     expect(first?.offset).toMatch(/^[1-9][0-9]*$/);
     expect(first?.epoch).toMatch(/^[A-Za-z0-9_-]{1,64}$/);
     expect(first?.sent_at).toMatch(/^\d{4}-\d\d-\d\dT/);
+    // The controller's log shows the send's ack: ok, with the offset the worker got.
+    const [sentStart] = await sentEntries(controller);
+    expect(sentStart).toMatchObject({
+      ack: "ok",
+      fields: { ack: "ok", cmd: "start", target: "direct", offset: first?.offset, epoch: first?.epoch },
+    });
+    expect(sentStart?.fields.ack_id).toMatch(/^[A-Za-z0-9_-]{1,64}$/);
+    expect(
+      await controller.locator('[data-testid="log-entry"][data-kind="sent"] .summary').first().textContent(),
+    ).toContain(`(ack ok, offset ${first?.offset})`);
 
     // Cut the worker off and keep it off while the controller sends.
     proxy.pause();
@@ -210,6 +236,11 @@ describe.skipIf(!haveChromium)("the console in Chromium", () => {
     const offsets = steps.map((c) => Number(c.offset));
     expect(offsets).toEqual([...offsets].sort((a, b) => a - b));
     expect(new Set(offsets).size).toBe(3);
+    // Each step's ack, logged by the controller, has the offset the worker received it with.
+    const stepAcks = (await sentEntries(controller)).slice(1);
+    expect(stepAcks.map((e) => [e.ack, e.fields.cmd, e.fields.offset])).toEqual(
+      steps.map((c) => ["ok", c.cmd, c.offset]),
+    );
     // The replayed commands are logged before the recovery summary.
     const order = await worker.$$eval('[data-testid="log-entry"]', (entries) =>
       entries.map((e) => (e as HTMLElement).dataset.kind),
