@@ -12,7 +12,9 @@
 # AB_BASE_HUB=FILE uses that binary as the base (built from REV already)
 # instead of building REV in a worktree; AB_NEW_HUB=FILE likewise for the
 # other side; AB_SHAPES="memory 200 5;redis 1 1000" runs only those shapes
-# (mode, groups, subscribers).
+# (mode, groups, subscribers); AB_NEW_ARGS="--acks" passes those arguments
+# to the load tool on the new side only (one binary, a feature on and off:
+# AB_BASE_HUB and AB_NEW_HUB the same file).
 #
 # Shapes: fan-out 1 x 1,000 at full speed in memory and through two hubs
 # on one Redis; 200 groups x 5 subscribers at full speed, the shape of
@@ -70,7 +72,8 @@ wait_port "$redis_port"
 
 # run NAME BIN MODE GROUPS SUBSCRIBERS -> appends a CSV row
 run() {
-  local name=$1 bin=$2 mode=$3 groups=$4 subs=$5 ports=() urls=()
+  local name=$1 bin=$2 mode=$3 groups=$4 subs=$5 ports=() urls=() extra=()
+  [ "$name" = new ] && read -r -a extra <<<"${AB_NEW_ARGS:-}"
   if [ "$mode" = memory ]; then
     ports=(18401)
     hub "$bin" 18401
@@ -85,7 +88,7 @@ run() {
   local ticks0=0 ticks1=0 d0=0 d1=0 pid
   for pid in "${pids[@]}"; do ticks0=$((ticks0 + $(cpu_ticks "$pid"))); done
   for p in "${ports[@]}"; do d0=$((d0 + $(delivered "$p"))); done
-  "$load" fanout "${urls[@]}" --groups "$groups" --subscribers "$subs" --duration 10 --warmup 2 2>/dev/null > "$out/run.json"
+  "$load" fanout "${urls[@]}" --groups "$groups" --subscribers "$subs" "${extra[@]}" --duration 10 --warmup 2 2>/dev/null > "$out/run.json"
   for pid in "${pids[@]}"; do ticks1=$((ticks1 + $(cpu_ticks "$pid"))); done
   for p in "${ports[@]}"; do d1=$((d1 + $(delivered "$p"))); done
   cleanup

@@ -16,7 +16,7 @@ use crate::delivery::Delivery;
 use crate::history::Position;
 use crate::metrics;
 use crate::outbox::Outbox;
-use crate::protocol::{self, Encoded, VisionId};
+use crate::protocol::{self, VisionId};
 
 /// A frame's fate, as its acknowledgement says it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,21 +60,25 @@ pub struct Asker {
 
 impl Asker {
     /// The acknowledgement of this frame, counted by status.
-    pub fn answer(&self, status: &Status) -> Encoded {
+    pub fn answer(&self, status: &Status) -> String {
         metrics::acked(status.as_str());
-        let mut payload = serde_json::json!({
-            "ack_id": self.ack_id,
-            "status": status.as_str(),
-        });
-        match status {
-            Status::Ok(Some(position)) => {
-                payload["offset"] = position.offset.into();
-                payload["epoch"] = position.epoch.as_str().into();
+        // `ack_id` is a checked Vision ID and the epoch hex: nothing to
+        // escape.
+        let (id, name) = (&self.ack_id, status.as_str());
+        let payload = match status {
+            Status::Ok(Some(at)) => format!(
+                r#"{{"ack_id":"{id}","status":"{name}","offset":{},"epoch":"{}"}}"#,
+                at.offset,
+                at.epoch.as_str()
+            ),
+            Status::Failed => {
+                format!(r#"{{"ack_id":"{id}","status":"{name}","reason":"unavailable"}}"#)
             }
-            Status::Failed => payload["reason"] = "unavailable".into(),
-            Status::Ok(None) | Status::Unconfirmed => {}
-        }
-        protocol::ack(self.client.as_str(), self.group.as_str(), payload)
+            Status::Ok(None) | Status::Unconfirmed => {
+                format!(r#"{{"ack_id":"{id}","status":"{name}"}}"#)
+            }
+        };
+        protocol::ack(&self.client, &self.group, &payload)
     }
 
     /// A confirmation that queues the acknowledgement on `outbox` (the
@@ -85,7 +89,7 @@ impl Asker {
             let answer = self.answer(&Status::from(published));
             // A socket gone meanwhile has nobody to tell; a full queue
             // kicks the socket as any message would.
-            outbox.offer(&Delivery::plain(answer.as_str()));
+            outbox.offer(&Delivery::plain(&answer));
         })
     }
 }

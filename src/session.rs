@@ -15,7 +15,7 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
@@ -187,7 +187,7 @@ where
                     // Boxed: the frame handler's state is large and only
                     // alive while a frame is handled, so an idle socket
                     // should not carry it.
-                    Some(Ok(frame)) => Box::pin(self.on_frame(frame)).await,
+                    Some(Ok(frame)) => Box::pin(self.on_frames(frame)).await,
                     Some(Err(e)) => Err(self.read_error(e)),
                     None => Err(Disconnect::Lost),
                 },
@@ -201,6 +201,23 @@ where
                 return end;
             }
         }
+    }
+
+    /// Handles `first`, then the frames that arrived with it (at most
+    /// [`MAX_BATCH`]), before anything is written: what they queue for
+    /// this socket (their acknowledgements) then goes out in one batch,
+    /// rather than one write each.
+    async fn on_frames(&mut self, first: WsMessage) -> Result<(), Disconnect> {
+        self.on_frame(first).await?;
+        for _ in 0..MAX_BATCH {
+            match self.ws.next().now_or_never() {
+                Some(Some(Ok(frame))) => self.on_frame(frame).await?,
+                Some(Some(Err(e))) => return Err(self.read_error(e)),
+                Some(None) => return Err(Disconnect::Lost),
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     async fn on_frame(&mut self, frame: WsMessage) -> Result<(), Disconnect> {
@@ -286,7 +303,7 @@ where
         match asker {
             Some(asker) => {
                 let ack = asker.answer(&ack::Status::Ok(None));
-                self.write(Delivery::plain(ack.as_str())).await
+                self.write(Delivery::plain(&ack)).await
             }
             None => Ok(()),
         }

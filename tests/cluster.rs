@@ -21,7 +21,7 @@ use support::acks::{collect_acks, group_cmd, next_ack, send_acked};
 use support::blip::{self, assert_nothing_lost};
 use support::cluster::{key_slot, Cluster};
 use support::history::{next_message, offset, reconnect_storm, replay_skips_own_messages};
-use support::redis::{client_names, kill_named};
+use support::redis::kill_named_when_open;
 use support::{eventually, msg, Client, TestHub, TIMEOUT};
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -741,21 +741,7 @@ async fn a_shard_pubsub_blip_drops_nothing_and_every_ack_is_ok() {
     let before = front.metric(dropped).await;
     let pubsub = "aether:cfront:pubsub";
     let run = blip::run(&front, &back, group, || {
-        let mut conn = conn.clone();
-        async move {
-            let conn = &mut conn;
-            // The last kill's connection must be back first.
-            let mut up = false;
-            for _ in 0..100 {
-                if client_names(conn).await.iter().any(|n| n == pubsub) {
-                    up = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            assert!(up, "the shard's pub/sub connection never came back");
-            kill_named(conn, pubsub).await
-        }
+        kill_named_when_open(conn.clone(), pubsub)
     })
     .await;
     assert_nothing_lost(&run);

@@ -6,10 +6,8 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::blip::{self, assert_nothing_lost};
-use support::redis::{client_names, kill_named, RedisServer};
+use support::redis::{client_names, kill_named_when_open, RedisServer};
 use support::{eventually, TestHub};
 
 const DROPPED: &str = "aether_messages_dropped_total{reason=\"broker_unavailable\"}";
@@ -41,21 +39,7 @@ async fn a_pubsub_blip_drops_nothing_and_every_ack_is_ok() {
     let pubsub = "aether:front:pubsub";
     let run = blip::run(&front, &back, "blip", || {
         // Clones share the connection.
-        let mut conn = conn.clone();
-        async move {
-            let conn = &mut conn;
-            // The last kill's connection must be back first.
-            let mut back = false;
-            for _ in 0..100 {
-                if client_names(conn).await.iter().any(|n| n == pubsub) {
-                    back = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            assert!(back, "the pub/sub connection never came back");
-            kill_named(conn, pubsub).await
-        }
+        kill_named_when_open(conn.clone(), pubsub)
     })
     .await;
     assert_nothing_lost(&run);

@@ -76,6 +76,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         window: 0,
         payload: args.payload,
         phase: 0.0,
+        acks: false,
     };
     let publishers =
         fanout::start_publishers(&args.hubs, "churn-g", &groups, pace, &counters, &stop).await?;

@@ -33,6 +33,10 @@ pub struct Args {
     /// Connects in flight while setting up.
     #[arg(long, default_value_t = 100)]
     parallel: usize,
+    /// Every published frame asks for an acknowledgement (docs/protocol.md
+    /// section 10); the publishers read and count them.
+    #[arg(long)]
+    acks: bool,
 }
 
 /// What one group's subscribers saw.
@@ -41,6 +45,9 @@ pub struct GroupState {
     /// subscriber has (subscriber 0 paces the publisher).
     pub sent: AtomicU64,
     pub paced: AtomicU64,
+    /// Acknowledgements the publisher got: `ok`, and any other status.
+    pub acked: AtomicU64,
+    pub not_ok: AtomicU64,
 }
 
 impl GroupState {
@@ -48,6 +55,8 @@ impl GroupState {
         Arc::new(GroupState {
             sent: AtomicU64::new(0),
             paced: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            not_ok: AtomicU64::new(0),
         })
     }
 }
@@ -121,6 +130,8 @@ pub struct Pace {
     /// rate do not fire in lockstep, and a load that bursts every period
     /// measures the burst, not the hub's latency.
     pub phase: f64,
+    /// Each frame asks for an acknowledgement.
+    pub acks: bool,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
@@ -181,6 +192,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         window: args.window,
         payload: args.measure.payload,
         phase: 0.0,
+        acks: args.acks,
     };
     let publishers = start_publishers(&args.hubs, "fan-g", &groups, pace, &counters, &stop).await?;
 
@@ -223,6 +235,11 @@ pub async fn run(args: Args) -> Result<(), String> {
     );
     println!("latency: {}", stats::describe(&latency));
     println!("loss: {loss} of {expected_all}; order violations: {violations}");
+    let acked: u64 = groups.iter().map(|g| g.acked.load(Ordering::SeqCst)).sum();
+    let not_ok: u64 = groups.iter().map(|g| g.not_ok.load(Ordering::SeqCst)).sum();
+    if args.acks {
+        println!("acks: {acked} ok, {not_ok} other, of {total_sent} sent");
+    }
     let summary = serde_json::json!({
         "scenario": "fanout",
         "groups": args.groups,
@@ -237,6 +254,9 @@ pub async fn run(args: Args) -> Result<(), String> {
         "delivered": delivered_all,
         "loss": loss,
         "order_violations": violations,
+        "acks": args.acks,
+        "acked_ok": acked,
+        "acked_other": not_ok,
     });
     println!("{summary}");
     Ok(())
@@ -305,13 +325,19 @@ pub async fn start_publishers(
 }
 
 pub async fn publish(
-    mut ws: client::Ws,
+    ws: client::Ws,
     args: Pace,
     group: Arc<GroupState>,
     counters: Arc<Counters>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let (mut ws, incoming) = ws.split();
+    // Read what comes back (acknowledgements, presence events): a
+    // publisher that never reads would overflow its queue on its acks.
+    let _reading =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(count_acks(incoming, group.clone())));
     let pad = "x".repeat(args.payload);
+    let ask = if args.acks { r#","ack_id":"a"# } else { "" };
     let mut ticker = (args.rate > 0).then(|| {
         let period = Duration::from_secs_f64(1.0 / args.rate as f64);
         let first = tokio::time::Instant::now() + period.mul_f64(args.phase);
@@ -335,8 +361,13 @@ pub async fn publish(
             }
         }
         let text = format!(
-            r#"{{"msg_type":"msg","target":"group","payload":{{"seq":{seq},"t":{},"pad":"{pad}"}}}}"#,
-            stats::now_ns()
+            r#"{{"msg_type":"msg","target":"group","payload":{{"seq":{seq},"t":{},"pad":"{pad}"}}{ask}{}}}"#,
+            stats::now_ns(),
+            if args.acks {
+                format!(r#"{seq}""#)
+            } else {
+                String::new()
+            },
         );
         if ws.send(Message::text(text)).await.is_err() {
             return;
@@ -348,4 +379,22 @@ pub async fn publish(
     // Keep the socket open until the tail is delivered; the caller aborts.
     let _ = ws.flush().await;
     std::future::pending::<()>().await;
+}
+
+/// Counts a publisher's acknowledgements by status.
+async fn count_acks(
+    mut incoming: futures_util::stream::SplitStream<client::Ws>,
+    group: Arc<GroupState>,
+) {
+    while let Some(Ok(frame)) = incoming.next().await {
+        let Message::Text(text) = frame else { continue };
+        if !text.contains(r#""msg_type":"ack""#) {
+            continue;
+        }
+        if text.contains(r#""status":"ok""#) {
+            group.acked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            group.not_ok.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }

@@ -1,5 +1,8 @@
 //! `rtt`: P pairs ping-ponging `direct` messages, one in flight per pair.
-//! Reports round trips/s and round-trip time percentiles.
+//! Reports round trips/s and round-trip time percentiles. With `--acks`
+//! every ping asks for an acknowledgement (docs/protocol.md section 10):
+//! the round trip still ends at the answer, and the time from each send
+//! to its ack is reported beside it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,12 +22,16 @@ pub struct Args {
     pairs: usize,
     #[command(flatten)]
     measure: stats::Measure,
+    /// Every ping asks for an acknowledgement.
+    #[arg(long)]
+    acks: bool,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
     args.hubs.check()?;
     let counters = Arc::new(Counters::default());
     let latency = stats::Latencies::new();
+    let ack_latency = stats::Latencies::new();
     let measure_from = Arc::new(AtomicU64::new(u64::MAX));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
@@ -45,8 +52,11 @@ pub async fn run(args: Args) -> Result<(), String> {
             format!("rtt-b{p}"),
             "x".repeat(args.measure.payload),
             counters.clone(),
-            latency.recorder(),
-            measure_from.clone(),
+            Clocks {
+                rtt: latency.recorder(),
+                ack: args.acks.then(|| ack_latency.recorder()),
+                from: measure_from.clone(),
+            },
             stop.clone(),
         )));
     }
@@ -73,6 +83,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         trips as f64 / seconds
     );
     println!("round-trip time: {}", stats::describe(&latency));
+    let acked = ack_latency.snapshot();
+    if args.acks {
+        println!("send to ack: {}", stats::describe(&acked));
+    }
     let summary = serde_json::json!({
         "scenario": "rtt",
         "pairs": args.pairs,
@@ -80,6 +94,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         "round_trips": trips,
         "round_trips_per_sec": trips as f64 / seconds,
         "rtt": stats::percentiles(&latency),
+        "acks": args.acks,
+        "send_to_ack": args.acks.then(|| stats::percentiles(&acked)),
     });
     println!("{summary}");
     Ok(())
@@ -101,19 +117,30 @@ async fn echo_back(mut ws: client::Ws, to: String) {
     }
 }
 
+/// What a pinger times: round trips, and sends to acks (with `--acks`),
+/// from the moment the measurement starts.
+struct Clocks {
+    rtt: stats::Recorder,
+    ack: Option<stats::Recorder>,
+    from: Arc<AtomicU64>,
+}
+
 async fn ping(
     mut ws: client::Ws,
     to: String,
     pad: String,
     counters: Arc<Counters>,
-    mut latency: stats::Recorder,
-    measure_from: Arc<AtomicU64>,
+    mut clocks: Clocks,
     stop: tokio_util::sync::CancellationToken,
 ) {
     while !stop.is_cancelled() {
         let sent = stats::now_ns();
+        let ask = match clocks.ack {
+            Some(_) => format!(r#","ack_id":"p{sent}""#),
+            None => String::new(),
+        };
         let text = format!(
-            r#"{{"msg_type":"msg","target":"direct","to_id":"{to}","payload":{{"t":{sent},"pad":"{pad}"}}}}"#
+            r#"{{"msg_type":"msg","target":"direct","to_id":"{to}","payload":{{"t":{sent},"pad":"{pad}"}}{ask}}}"#
         );
         counters.sent.fetch_add(1, Ordering::Relaxed);
         if ws.send(Message::text(text)).await.is_err() {
@@ -128,13 +155,26 @@ async fn ping(
             let Some(Ok(Message::Text(text))) = answer else {
                 return;
             };
+            if let Some(acks) = &mut clocks.ack {
+                // An ack may come after its ping's answer: its id says
+                // when its ping was sent.
+                if text.contains(r#""msg_type":"ack""#) {
+                    let at = text
+                        .split_once(r#""ack_id":"p"#)
+                        .and_then(|(_, rest)| rest.split('"').next()?.parse::<u64>().ok());
+                    if let Some(at) = at.filter(|at| *at >= clocks.from.load(Ordering::Relaxed)) {
+                        acks.record(stats::now_ns().saturating_sub(at));
+                    }
+                    continue;
+                }
+            }
             if stats::field_u64(&text, "\"t\"") == Some(sent) {
                 break;
             }
         }
         counters.received.fetch_add(1, Ordering::Relaxed);
-        if sent >= measure_from.load(Ordering::Relaxed) {
-            latency.record(stats::now_ns().saturating_sub(sent));
+        if sent >= clocks.from.load(Ordering::Relaxed) {
+            clocks.rtt.record(stats::now_ns().saturating_sub(sent));
         }
     }
 }

@@ -385,9 +385,15 @@ pub fn presence_reply(client: &VisionId, group: &VisionId, members: &[String]) -
 }
 
 /// The hub's acknowledgement of a frame (docs/protocol.md section 10),
-/// written on the sending socket; `payload` says which frame and its fate.
-pub fn ack(client: &str, group: &str, payload: serde_json::Value) -> Encoded {
-    hub_message("ack", Target::Echo, client, Some(group), payload)
+/// written on the sending socket; `payload`, a JSON object, says which
+/// frame and its fate. Written straight into one string (every part is
+/// a Vision ID or the caller's JSON, nothing to escape): one is sent for
+/// every acknowledged frame.
+pub fn ack(client: &VisionId, group: &VisionId, payload: &str) -> String {
+    format!(
+        r#"{{"version":"{VERSION}","msg_type":"ack","target":"echo","from_id":"{client}","to_id":null,"group_id":"{group}","cmd":null,"msg":null,"payload":{payload},"sent_at":"{}"}}"#,
+        now_rfc3339()
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

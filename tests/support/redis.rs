@@ -179,23 +179,33 @@ pub async fn publish(conn: &mut MultiplexedConnection, channel: &str, text: &str
 /// (`CLIENT KILL ID`), as a network blip would; returns how many.
 pub async fn kill_pubsub_with(conn: &mut MultiplexedConnection, subs: usize) -> usize {
     let list = pubsub_list(conn).await;
-    let field = |line: &str, name: &str| {
-        line.split(' ')
-            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-            .map(str::to_owned)
-    };
+    let subs = subs.to_string();
+    kill_listed(conn, &list, |line| field(line, "sub") == Some(&subs)).await
+}
+
+/// One `field=value` of a `CLIENT LIST` line.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// `CLIENT KILL ID`s the connections of `list` (`CLIENT LIST`'s answer)
+/// whose line `pick` chooses; returns how many closed.
+async fn kill_listed(
+    conn: &mut MultiplexedConnection,
+    list: &str,
+    pick: impl Fn(&str) -> bool,
+) -> usize {
     let mut killed = 0;
-    for line in list.lines() {
-        if field(line, "sub").and_then(|n| n.parse().ok()) != Some(subs) {
-            continue;
-        }
-        let Some(id) = field(line, "id") else {
-            continue;
-        };
+    for id in list
+        .lines()
+        .filter(|l| pick(l))
+        .filter_map(|l| field(l, "id"))
+    {
         let n: i64 = redis::cmd("CLIENT")
             .arg("KILL")
             .arg("ID")
-            .arg(&id)
+            .arg(id)
             .query_async(conn)
             .await
             .expect("CLIENT KILL");
@@ -214,42 +224,40 @@ pub async fn pubsub_with(conn: &mut MultiplexedConnection, subs: usize) -> usize
 /// Closes every connection whose `CLIENT SETNAME` is `name` (`CLIENT KILL
 /// ID`), as a network blip would; returns how many.
 pub async fn kill_named(conn: &mut MultiplexedConnection, name: &str) -> usize {
-    let list: String = redis::cmd("CLIENT")
+    let list = client_list(conn).await;
+    kill_listed(conn, &list, |line| field(line, "name") == Some(name)).await
+}
+
+/// Waits (bounded) until a connection named `name` is open, then closes
+/// it: one blip after another, each on a live connection. Returns how
+/// many closed.
+pub async fn kill_named_when_open(mut conn: MultiplexedConnection, name: &str) -> usize {
+    let conn = &mut conn;
+    let mut open = false;
+    for _ in 0..100 {
+        if client_names(conn).await.iter().any(|n| n == name) {
+            open = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(open, "no connection named {name} came back");
+    kill_named(conn, name).await
+}
+
+async fn client_list(conn: &mut MultiplexedConnection) -> String {
+    redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(conn)
         .await
-        .expect("CLIENT LIST");
-    let wanted = format!(" name={name} ");
-    let mut killed = 0;
-    for line in list.lines().filter(|l| l.contains(&wanted)) {
-        let Some(id) = line
-            .split(' ')
-            .find_map(|f| f.strip_prefix("id="))
-            .map(str::to_owned)
-        else {
-            continue;
-        };
-        let n: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(&id)
-            .query_async(conn)
-            .await
-            .expect("CLIENT KILL");
-        killed += n as usize;
-    }
-    killed
+        .expect("CLIENT LIST")
 }
 
 /// The names (`CLIENT SETNAME`) of the connections open now.
 pub async fn client_names(conn: &mut MultiplexedConnection) -> Vec<String> {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(conn)
-        .await
-        .expect("CLIENT LIST");
+    let list = client_list(conn).await;
     list.lines()
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("name=")))
+        .filter_map(|l| field(l, "name"))
         .filter(|n| !n.is_empty())
         .map(str::to_owned)
         .collect()
