@@ -6,7 +6,10 @@
 //! client, messages in its outbound queue, its tick (pings, the idle check,
 //! and the token's expiry: one timer, set to the earliest), an overflow of
 //! its queue, or the hub's shutdown. Writes drain everything queued into one
-//! batch (`wire.rs`), so a burst costs few syscalls; a write the client
+//! batch (`wire.rs`), so a burst costs few syscalls; reads handle every
+//! frame that arrived together before going back to the queue, so what
+//! they queue for this socket (acknowledgements) is written in one batch
+//! too; a write the client
 //! does not take within the idle timeout ends the socket (the tick cannot
 //! run while a write waits). Every ending is a [`Disconnect`], turned into
 //! a close code in `close.rs`.
