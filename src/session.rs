@@ -9,9 +9,8 @@
 //! batch (`wire.rs`), so a burst costs few syscalls; reads handle every
 //! frame that arrived together before going back to the queue, so what
 //! they queue for this socket (acknowledgements) is written in one batch
-//! too; a write the client
-//! does not take within the idle timeout ends the socket (the tick cannot
-//! run while a write waits). Every ending is a [`Disconnect`], turned into
+//! too. A write the client does not take within the idle timeout ends the
+//! socket (the tick cannot run while a write waits). Every ending is a [`Disconnect`], turned into
 //! a close code in `close.rs`.
 
 use std::future::Future;
