@@ -21,14 +21,66 @@ pub struct Config {
     #[arg(long, env = "AETHER_BIND", default_value = "0.0.0.0:8080")]
     pub bind: SocketAddr,
 
-    /// Redis URL (redis://host:port/db). Unset: one instance, in memory.
-    #[arg(long, env = "AETHER_REDIS_URL")]
+    /// Redis URL (redis://[user:password@]host:port/db; rediss:// for
+    /// TLS). Unset: one instance, in memory.
+    #[arg(long, env = "AETHER_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
-    /// Redis Cluster seed nodes, comma-separated `host:port` (Redis 7,
-    /// sharded pub/sub). Exclusive with `AETHER_REDIS_URL`.
-    #[arg(long, env = "AETHER_REDIS_CLUSTER", value_delimiter = ',')]
+    /// Redis Cluster seed nodes, comma-separated `host:port` or URLs
+    /// (rediss:// for TLS) (Redis 7, sharded pub/sub). Exclusive with
+    /// `AETHER_REDIS_URL`.
+    #[arg(
+        long,
+        env = "AETHER_REDIS_CLUSTER",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub redis_cluster: Vec<String>,
+
+    /// Redis Sentinels, comma-separated `host:port` or URLs (rediss://:
+    /// TLS to the sentinels and the master). Needs
+    /// `AETHER_REDIS_SENTINEL_MASTER`; exclusive with the two above.
+    #[arg(
+        long,
+        env = "AETHER_REDIS_SENTINELS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redis_sentinels: Vec<String>,
+
+    /// The name the sentinels know the master by.
+    #[arg(long, env = "AETHER_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// The sentinels' ACL user, if they have one.
+    #[arg(long, env = "AETHER_REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
+
+    /// The sentinels' password, if they have one.
+    #[arg(long, env = "AETHER_REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
+
+    /// Redis ACL user; wins over a user in a URL.
+    #[arg(long, env = "AETHER_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// Redis password; wins over a password in a URL.
+    #[arg(long, env = "AETHER_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// PEM certificate(s) that Redis's TLS certificate must chain to.
+    /// Unset: the system's roots.
+    #[arg(long, env = "AETHER_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for Redis (mutual TLS), with
+    /// AETHER_REDIS_TLS_KEY_FILE.
+    #[arg(long, env = "AETHER_REDIS_TLS_CERT_FILE")]
+    pub redis_tls_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM private key of AETHER_REDIS_TLS_CERT_FILE.
+    #[arg(long, env = "AETHER_REDIS_TLS_KEY_FILE")]
+    pub redis_tls_key_file: Option<std::path::PathBuf>,
 
     /// Prefix of every Redis channel and key (the only isolation between
     /// environments that share a Redis server).
@@ -185,16 +237,86 @@ pub enum Backend {
     /// One instance; routing, presence and history in this process.
     Memory,
     /// Many instances through Redis.
-    Redis(RedisServers),
+    Redis(Box<Redis>),
 }
 
-/// Which Redis servers the instances meet on.
+/// The Redis the instances meet on, and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    pub servers: RedisServers,
+    /// For every data node (`AETHER_REDIS_USERNAME` / `_PASSWORD`; they
+    /// win over a URL's).
+    pub credentials: Credentials,
+    /// For the sentinels.
+    pub sentinel_credentials: Credentials,
+    pub tls: RedisTls,
+}
+
+/// Which Redis servers the instances meet on. Addresses are as configured
+/// (`host:port` or URLs, which may hold a password: `Debug` hides it).
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisServers {
     /// One Redis server (`AETHER_REDIS_URL`).
     Single { url: String },
-    /// A Redis Cluster, found from its seed nodes (`host:port`).
+    /// A Redis Cluster, found from its seed nodes.
     Cluster { seeds: Vec<String> },
+    /// One master at a time, as Redis Sentinel names it.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+}
+
+impl std::fmt::Debug for RedisServers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all = |list: &[String]| list.iter().map(|a| redact(a)).collect::<Vec<_>>();
+        match self {
+            RedisServers::Single { url } => write!(f, "Single({})", redact(url)),
+            RedisServers::Cluster { seeds } => write!(f, "Cluster({:?})", all(seeds)),
+            RedisServers::Sentinel { sentinels, master } => {
+                write!(f, "Sentinel({master}, {:?})", all(sentinels))
+            }
+        }
+    }
+}
+
+/// A user and password; `Debug` never shows the password.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let password = self.password.as_ref().map(|_| "***");
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &password)
+            .finish()
+    }
+}
+
+/// The TLS files for Redis (TLS itself is a `rediss://` address).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// `address` with any password in it replaced by `***`.
+pub fn redact(address: &str) -> String {
+    let Some((scheme, rest)) = address.split_once("://") else {
+        return address.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => address.to_owned(),
+    }
 }
 
 impl Backend {
@@ -202,8 +324,11 @@ impl Backend {
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Memory => "in-memory",
-            Backend::Redis(RedisServers::Single { .. }) => "redis",
-            Backend::Redis(RedisServers::Cluster { .. }) => "redis-cluster",
+            Backend::Redis(redis) => match redis.servers {
+                RedisServers::Single { .. } => "redis",
+                RedisServers::Cluster { .. } => "redis-cluster",
+                RedisServers::Sentinel { .. } => "redis-sentinel",
+            },
         }
     }
 }
@@ -231,10 +356,16 @@ pub enum ConfigError {
     InstanceId(crate::protocol::VisionIdError),
     #[error("AETHER_REDIS_URL: must start with redis:// or rediss://")]
     RedisUrl,
-    #[error("AETHER_REDIS_URL and AETHER_REDIS_CLUSTER: set one or neither")]
-    RedisBoth,
-    #[error("AETHER_REDIS_CLUSTER: {0:?} is not host:port")]
-    RedisCluster(String),
+    #[error("AETHER_REDIS_URL, AETHER_REDIS_CLUSTER and AETHER_REDIS_SENTINELS: set one of them at most")]
+    RedisModes,
+    #[error("{0}: entry {1} is neither host:port nor a redis:// or rediss:// URL")]
+    RedisAddress(&'static str, usize),
+    #[error("AETHER_REDIS_SENTINELS and AETHER_REDIS_SENTINEL_MASTER: set both or neither")]
+    SentinelPair,
+    #[error("AETHER_REDIS_TLS_CERT_FILE and AETHER_REDIS_TLS_KEY_FILE: set both or neither")]
+    RedisTlsPair,
+    #[error("AETHER_REDIS_TLS_*: set, but no Redis address is rediss:// (TLS)")]
+    RedisTlsUnused,
     #[error("AETHER_REDIS_PREFIX: no braces on a Redis Cluster (a hash tag would put every channel in one slot)")]
     ClusterPrefix,
     #[error("AETHER_PRESENCE_TTL_SECS: must be at least 1 second")]
@@ -297,22 +428,7 @@ impl Config {
         if self.presence_ttl < Duration::from_secs(1) {
             return Err(ConfigError::PresenceTtl);
         }
-        if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(ConfigError::RedisUrl);
-            }
-        }
-        self.redis_cluster.retain(|s| !s.trim().is_empty());
-        if self.redis_url.is_some() && !self.redis_cluster.is_empty() {
-            return Err(ConfigError::RedisBoth);
-        }
-        for seed in &mut self.redis_cluster {
-            *seed = seed.trim().to_owned();
-            let port = seed.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
-            if !matches!(port, Some((h, Ok(p))) if !h.is_empty() && p > 0) {
-                return Err(ConfigError::RedisCluster(seed.clone()));
-            }
-        }
+        self.check_redis()?;
         // A route's history keys take its channel's whole name as their hash
         // tag, which only lands in the channel's slot when the name has no
         // tag of its own.
@@ -322,15 +438,80 @@ impl Config {
         Ok(self)
     }
 
+    /// The Redis settings, each on its own: one mode at most, addresses
+    /// that parse (the link takes URLs apart), TLS files in pairs and used.
+    fn check_redis(&mut self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::RedisUrl);
+            }
+        }
+        for list in [&mut self.redis_cluster, &mut self.redis_sentinels] {
+            list.retain(|s| !s.trim().is_empty());
+            list.iter_mut().for_each(|s| *s = s.trim().to_owned());
+        }
+        let modes = [
+            self.redis_url.is_some(),
+            !self.redis_cluster.is_empty(),
+            !self.redis_sentinels.is_empty(),
+        ];
+        if modes.iter().filter(|m| **m).count() > 1 {
+            return Err(ConfigError::RedisModes);
+        }
+        for (var, list) in [
+            ("AETHER_REDIS_CLUSTER", &self.redis_cluster),
+            ("AETHER_REDIS_SENTINELS", &self.redis_sentinels),
+        ] {
+            if let Some(n) = list.iter().position(|a| !is_address(a)) {
+                return Err(ConfigError::RedisAddress(var, n + 1));
+            }
+        }
+        if self.redis_sentinels.is_empty() != self.redis_sentinel_master.is_none() {
+            return Err(ConfigError::SentinelPair);
+        }
+        if self.redis_tls_cert_file.is_some() != self.redis_tls_key_file.is_some() {
+            return Err(ConfigError::RedisTlsPair);
+        }
+        let tls_files = self.redis_tls_ca_file.is_some() || self.redis_tls_cert_file.is_some();
+        let rediss = |a: &String| a.starts_with("rediss://");
+        let any_tls = self.redis_url.iter().any(rediss)
+            || self.redis_cluster.iter().any(rediss)
+            || self.redis_sentinels.iter().any(rediss);
+        if tls_files && !any_tls {
+            return Err(ConfigError::RedisTlsUnused);
+        }
+        Ok(())
+    }
+
     /// Where messages travel between instances (after [`Config::validate`]).
     pub fn backend(&self) -> Backend {
-        match (&self.redis_url, self.redis_cluster.is_empty()) {
-            (Some(url), _) => Backend::Redis(RedisServers::Single { url: url.clone() }),
-            (None, false) => Backend::Redis(RedisServers::Cluster {
+        let servers = match (&self.redis_url, &self.redis_sentinel_master) {
+            (Some(url), _) => RedisServers::Single { url: url.clone() },
+            (None, Some(master)) => RedisServers::Sentinel {
+                sentinels: self.redis_sentinels.clone(),
+                master: master.clone(),
+            },
+            (None, None) if !self.redis_cluster.is_empty() => RedisServers::Cluster {
                 seeds: self.redis_cluster.clone(),
-            }),
-            (None, true) => Backend::Memory,
-        }
+            },
+            (None, None) => return Backend::Memory,
+        };
+        Backend::Redis(Box::new(Redis {
+            servers,
+            credentials: Credentials {
+                username: self.redis_username.clone(),
+                password: self.redis_password.clone(),
+            },
+            sentinel_credentials: Credentials {
+                username: self.redis_sentinel_username.clone(),
+                password: self.redis_sentinel_password.clone(),
+            },
+            tls: RedisTls {
+                ca_file: self.redis_tls_ca_file.clone(),
+                cert_file: self.redis_tls_cert_file.clone(),
+                key_file: self.redis_tls_key_file.clone(),
+            },
+        }))
     }
 
     pub fn limits(&self) -> Limits {
@@ -352,6 +533,15 @@ impl Config {
             },
         }
     }
+}
+
+/// `host:port` with a port, or a `redis://` / `rediss://` URL.
+fn is_address(text: &str) -> bool {
+    if text.starts_with("redis://") || text.starts_with("rediss://") {
+        return true;
+    }
+    let port = text.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+    matches!(port, Some((h, Ok(p))) if !h.is_empty() && p > 0)
 }
 
 /// The environment variable behind a flag as clap names it (`--bind <BIND>`).
@@ -433,15 +623,21 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_millis(500));
     }
 
+    fn servers(c: &Config) -> Option<RedisServers> {
+        match c.backend() {
+            Backend::Redis(redis) => Some(redis.servers),
+            Backend::Memory => None,
+        }
+    }
+
     #[test]
     fn cluster_seeds_are_a_comma_list() {
-        let c = parse(&["--redis-cluster", "10.0.0.1:7000, 10.0.0.2:7001,"]).unwrap();
-        assert_eq!(c.redis_cluster, vec!["10.0.0.1:7000", "10.0.0.2:7001"]);
+        let c = parse(&["--redis-cluster", "10.0.0.1:7000, rediss://:pw@10.0.0.2:7001,"]).unwrap();
+        assert_eq!(c.redis_cluster, vec!["10.0.0.1:7000", "rediss://:pw@10.0.0.2:7001"]);
         assert!(c.redis_url.is_none());
         assert!(parse(&[]).unwrap().redis_cluster.is_empty());
-        let seeds = vec!["10.0.0.1:7000".to_owned(), "10.0.0.2:7001".to_owned()];
-        let cluster = Backend::Redis(RedisServers::Cluster { seeds });
-        assert_eq!(c.backend(), cluster);
+        let seeds = vec!["10.0.0.1:7000".to_owned(), "rediss://:pw@10.0.0.2:7001".to_owned()];
+        assert_eq!(servers(&c), Some(RedisServers::Cluster { seeds }));
     }
 
     #[test]
@@ -449,7 +645,42 @@ mod tests {
         assert_eq!(parse(&[]).unwrap().backend(), Backend::Memory);
         let c = parse(&["--redis-url", "redis://h:1/"]).unwrap();
         let url = "redis://h:1/".to_owned();
-        assert_eq!(c.backend(), Backend::Redis(RedisServers::Single { url }));
+        assert_eq!(servers(&c), Some(RedisServers::Single { url }));
+        let c = parse(&[
+            "--redis-sentinels",
+            "s1:26379,s2:26379",
+            "--redis-sentinel-master",
+            "main",
+            "--redis-password",
+            "pw",
+        ])
+        .unwrap();
+        let sentinels = vec!["s1:26379".to_owned(), "s2:26379".to_owned()];
+        let master = "main".to_owned();
+        assert_eq!(
+            servers(&c),
+            Some(RedisServers::Sentinel { sentinels, master })
+        );
+        let Backend::Redis(redis) = c.backend() else {
+            panic!("redis")
+        };
+        assert_eq!(redis.credentials.password.as_deref(), Some("pw"));
+    }
+
+    #[test]
+    fn passwords_never_show_in_debug_output() {
+        let c = parse(&[
+            "--redis-url",
+            "rediss://hub:url-s3cret@h:1/",
+            "--redis-password",
+            "env-s3cret",
+        ])
+        .unwrap();
+        let shown = format!("{:?}", c.backend());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("rediss://hub:***@h:1/"), "{shown}");
+        assert_eq!(redact("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("h:1"), "h:1");
     }
 
     #[test]
@@ -468,7 +699,21 @@ mod tests {
                 &["--redis-url", "redis://a", "--redis-cluster", "a:1"][..],
                 "AETHER_REDIS_CLUSTER",
             ),
-            (&["--redis-cluster", "a:1,nowhere"][..], "not host:port"),
+            (
+                &["--redis-cluster", "a:1", "--redis-sentinels", "s:1"][..],
+                "AETHER_REDIS_SENTINELS",
+            ),
+            (&["--redis-cluster", "a:1,nowhere"][..], "entry 2 is neither"),
+            (&["--redis-sentinels", "s:1"][..], "AETHER_REDIS_SENTINEL_MASTER"),
+            (&["--redis-sentinel-master", "m"][..], "set both or neither"),
+            (
+                &["--redis-url", "rediss://h", "--redis-tls-cert-file", "c"][..],
+                "AETHER_REDIS_TLS_KEY_FILE",
+            ),
+            (
+                &["--redis-url", "redis://h", "--redis-tls-ca-file", "ca.pem"][..],
+                "no Redis address is rediss://",
+            ),
             (
                 &["--redis-cluster", "a:1", "--redis-prefix", "{env}:"][..],
                 "AETHER_REDIS_PREFIX",

@@ -98,8 +98,12 @@ impl Hub {
         &self.limits
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.broker.is_ready() && !self.shutdown.is_cancelled()
+    /// Why the hub cannot take sockets now (`/readyz`); `None` when it can.
+    pub fn unready(&self) -> Option<String> {
+        if self.shutdown.is_cancelled() {
+            return Some("shutting down".to_owned());
+        }
+        self.broker.unready()
     }
 
     /// Cancelled when the hub starts shutting down.
@@ -399,8 +403,8 @@ mod tests {
         fn live<'a>(&'a self, routes: &'a [Route]) -> BoxFuture<'a, Result<(), BrokerError>> {
             self.inner.live(routes)
         }
-        fn is_ready(&self) -> bool {
-            true
+        fn unready(&self) -> Option<String> {
+            None
         }
     }
 

@@ -26,6 +26,11 @@ pub const REDIS_RECEIVED: &str = "aether_redis_messages_received_total";
 pub const REDIS_CHANNELS: &str = "aether_redis_channels_subscribed";
 pub const REDIS_RECONNECTS: &str = "aether_redis_reconnects_total";
 pub const REDIS_UP: &str = "aether_redis_up";
+/// The command and pub/sub connections apart (label `connection`):
+/// `/readyz` says why one is down.
+pub const REDIS_CONNECTION_UP: &str = "aether_redis_connection_up";
+/// Master changes this instance followed (Sentinel).
+pub const REDIS_FAILOVERS: &str = "aether_redis_failovers_total";
 pub const PUBSUB_LAG_SECONDS: &str = "aether_pubsub_lag_seconds";
 pub const UPGRADES_REFUSED: &str = "aether_upgrades_refused_total";
 pub const CONNECTIONS_MAX: &str = "aether_connections_max";
@@ -266,6 +271,14 @@ fn describe() {
         "Messages delivered from history to fill a pub/sub gap"
     );
     describe_gauge!(
+        REDIS_CONNECTION_UP,
+        "1 while this instance's Redis command (connection=commands) or pub/sub (connection=pubsub) connection works; /readyz says why one is down"
+    );
+    describe_counter!(
+        REDIS_FAILOVERS,
+        "Times this instance moved its connections to a new Redis master (Sentinel failover)"
+    );
+    describe_gauge!(
         REDIS_SHARD_UP,
         "1 while this instance's pub/sub connection to a cluster shard master is open"
     );
@@ -414,6 +427,18 @@ pub fn redis_link_created() {
     redis_up(false);
     redis_channels(0);
     counter!(REDIS_RECONNECTS).absolute(0);
+    counter!(REDIS_FAILOVERS).increment(0);
+    for connection in ["commands", "pubsub"] {
+        redis_connection_up(connection, false);
+    }
+}
+
+pub fn redis_connection_up(connection: &'static str, up: bool) {
+    gauge!(REDIS_CONNECTION_UP, "connection" => connection).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn redis_failover() {
+    counter!(REDIS_FAILOVERS).increment(1);
 }
 
 pub fn redis_channels(count: usize) {

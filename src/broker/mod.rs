@@ -124,6 +124,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Resolves once messages published to `routes` reach this instance.
     fn live<'a>(&'a self, routes: &'a [Route]) -> BoxFuture<'a, Result<(), BrokerError>>;
 
-    /// Whether the hub can deliver (`/readyz`).
-    fn is_ready(&self) -> bool;
+    /// Why the hub cannot deliver now (`/readyz` shows it); `None` when
+    /// it can.
+    fn unready(&self) -> Option<String>;
 }

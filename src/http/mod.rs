@@ -146,11 +146,15 @@ impl Api {
             .check(&Credentials::of(headers, query, Surface::Http))?)
     }
 
+    /// 200 `ready`, or 503 `not ready` and a line for each connection
+    /// that is down and why (never a credential: docs/redis-production.md).
     fn readyz(&self) -> Response {
-        if self.hub.is_ready() {
-            warp::reply::with_status("ready", StatusCode::OK).into_response()
-        } else {
-            warp::reply::with_status("not ready", StatusCode::SERVICE_UNAVAILABLE).into_response()
+        match self.hub.unready() {
+            None => warp::reply::with_status("ready".to_owned(), StatusCode::OK).into_response(),
+            Some(why) => {
+                let body = format!("not ready\n{why}").trim_end().to_owned();
+                warp::reply::with_status(body, StatusCode::SERVICE_UNAVAILABLE).into_response()
+            }
         }
     }
 

@@ -97,7 +97,7 @@ impl Broker for MemoryBroker {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn is_ready(&self) -> bool {
-        true
+    fn unready(&self) -> Option<String> {
+        None
     }
 }

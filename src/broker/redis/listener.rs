@@ -23,7 +23,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{Msg, PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::link::{NodeAddr, Publish, RedisLink};
+use super::link::{LinkError, NodeAddr, Publish, RedisLink};
 use crate::channels::Route;
 
 /// One connection's identity; a replaced connection's news is stale.
@@ -78,7 +78,7 @@ impl Listener {
         id: ListenerId,
         node: Option<&NodeAddr>,
         inbox: Inbox,
-    ) -> RedisResult<Listener> {
+    ) -> Result<Listener, LinkError> {
         let sort = move |push: PushInfo| -> Result<(), ()> {
             sort_push(id, push, &inbox);
             Ok(())
@@ -111,11 +111,9 @@ impl Listener {
         self.each(command, channels).await.map(drop)
     }
 
-    pub async fn ping(&mut self) -> RedisResult<()> {
-        redis::cmd("PING")
-            .query_async::<Value>(&mut self.conn)
-            .await?;
-        Ok(())
+    /// The link's probe, on this connection (a cluster shard: `PING`).
+    pub async fn probe(&mut self, link: &RedisLink) -> Result<(), LinkError> {
+        link.probe(&mut self.conn).await
     }
 
     async fn each(&mut self, command: &str, channels: &[String]) -> RedisResult<Vec<Value>> {

@@ -88,7 +88,7 @@ impl RedisBroker {
             subs: Arc::clone(&subs),
         };
         match link.servers() {
-            RedisServers::Single { .. } => {
+            RedisServers::Single { .. } | RedisServers::Sentinel { .. } => {
                 tokio::spawn(publish::run(Arc::clone(&link), queue, retention, None));
                 tokio::spawn(single::Supervisor::new(base, reader).run());
             }
@@ -190,7 +190,7 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn is_ready(&self) -> bool {
-        self.link.is_ready()
+    fn unready(&self) -> Option<String> {
+        self.link.unready()
     }
 }

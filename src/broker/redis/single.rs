@@ -1,5 +1,10 @@
 //! The supervisor of one Redis server: its command connection and its one
-//! pub/sub connection, each with a life of its own.
+//! pub/sub connection, each with a life of its own. On Sentinel the one
+//! server is whichever the master is now (the link finds it): a
+//! `+switch-master` event, a lost connection or a probe that finds the
+//! server demoted (`ROLE`) makes both connections again, to the new
+//! master, and resubscribing, presence and gap repair follow as after any
+//! reconnect.
 //!
 //! The two fail independently (docs/protocol.md section 7): losing the
 //! pub/sub connection only delays this instance's deliveries (gap repair
@@ -28,7 +33,7 @@ use redis::Msg;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
 use super::history;
-use super::link::{self, timed, Backoff, Commands, LinkError, RedisLink, PROBE_EVERY};
+use super::link::{timed, Backoff, Commands, Connection, LinkError, RedisLink, PROBE_EVERY};
 use super::listener::{Alarm, Inbox, Listener, ListenerId};
 use super::plan::{Unsubscribes, BATCH, RECONCILE_EVERY};
 use super::reader::{Event, Reader, Tell};
@@ -43,34 +48,46 @@ const READER_STOP: Duration = Duration::from_secs(1);
 pub async fn keep_commands(link: Arc<RedisLink>, retention: Retention) {
     let mut backoff = Backoff::default();
     let mut outages = 0u64;
+    let mut switches = link.switches();
     loop {
+        switches.mark_unchanged();
         match connect_commands(&link, retention).await {
             Ok(mut command) => {
                 backoff.reset();
                 if outages > 0 {
-                    tracing::info!("Redis reachable again");
+                    tracing::info!("Redis command connection up again");
                 }
                 link.set_up(command.clone());
-                let lost = probe_until_lost(&link, &mut command).await;
-                link.set_down();
+                let lost = probe_until_lost(&link, &mut command, &mut switches).await;
+                link.set_down(&lost);
                 link.probed();
                 metrics::redis_reconnect();
                 tracing::warn!("Redis command connection lost ({lost}); reconnecting");
                 outages += 1;
+                if matches!(lost, LinkError::Switched) {
+                    continue; // to the new master at once
+                }
             }
             Err(e) => {
-                if outages == 0 || backoff.at_max() {
-                    tracing::warn!("Redis unreachable ({e}); retrying");
+                if link.is_new_failure(Connection::Commands, &e) || backoff.at_max() {
+                    let why = super::link::reason(&e);
+                    tracing::warn!("Redis command connection failed ({why}); retrying");
                 }
+                link.set_down(&e);
+                link.probed();
                 outages += 1;
             }
         }
-        backoff.wait().await;
+        // A new master named meanwhile is worth trying at once.
+        tokio::select! {
+            () = backoff.wait() => {}
+            _ = switches.changed() => {}
+        }
     }
 }
 
 async fn connect_commands(link: &RedisLink, retention: Retention) -> Result<Commands, LinkError> {
-    let mut command = timed(link.open_command()).await?;
+    let mut command = link.open_command().await?;
     if retention.is_on() {
         // Before the link is up: no kept message goes out unloaded.
         timed(history::load(&mut command)).await?;
@@ -82,14 +99,19 @@ async fn connect_commands(link: &RedisLink, retention: Retention) -> Result<Comm
 /// once when a publish failed as a dropped connection does (so a message
 /// published meanwhile fails as unavailable, rather than being written to
 /// a dead connection and left unconfirmed).
-async fn probe_until_lost(link: &RedisLink, command: &mut Commands) -> LinkError {
+async fn probe_until_lost(
+    link: &RedisLink,
+    command: &mut Commands,
+    switches: &mut tokio::sync::watch::Receiver<u64>,
+) -> LinkError {
     let mut probe = tokio::time::interval(PROBE_EVERY);
     loop {
         tokio::select! {
             _ = probe.tick() => {}
             () = link.suspected() => {}
+            _ = switches.changed() => return LinkError::Switched,
         }
-        if let Err(e) = link::ping(command).await {
+        if let Err(e) = link.probe(command).await {
             return e;
         }
         link.probed();
@@ -124,9 +146,11 @@ impl Supervisor {
     pub async fn run(mut self) {
         let link = Arc::clone(&self.base.link);
         tokio::spawn(keep_commands(Arc::clone(&link), self.base.retention));
+        if link.checks_role() {
+            tokio::spawn(super::link::watch_sentinels(Arc::clone(&link)));
+        }
         let mut connections = link.connections();
         let mut backoff = Backoff::default();
-        let mut outages = 0u64;
         loop {
             // Gap repair reads history on the command connection: no
             // sense subscribing before it works.
@@ -136,27 +160,36 @@ impl Supervisor {
                 }
             }
             let (messages, mut alarms, id) = self.next_inbox();
-            match timed(Listener::open(&link, id, None, messages.inbox)).await {
+            let mut switches = link.switches();
+            match Listener::open(&link, id, None, messages.inbox).await {
                 Ok(listener) => {
                     backoff.reset();
-                    let lost = self.serve(listener, messages.rx, &mut alarms).await;
+                    let lost = self
+                        .serve(listener, messages.rx, &mut alarms, &mut switches)
+                        .await;
                     // Redis itself may be gone: the command connection
                     // says so first, so that not ready means publishing
                     // fails too.
                     link.recheck().await;
-                    link.set_listening(false);
+                    link.set_deaf(&lost);
                     metrics::redis_reconnect();
                     tracing::warn!("Redis pub/sub connection lost ({lost}); reconnecting");
-                    outages += 1;
+                    if matches!(lost, LinkError::Switched) {
+                        continue;
+                    }
                 }
                 Err(e) => {
-                    if outages == 0 || backoff.at_max() {
-                        tracing::warn!("Redis pub/sub connection failed ({e}); retrying");
+                    if link.is_new_failure(Connection::PubSub, &e) || backoff.at_max() {
+                        let why = super::link::reason(&e);
+                        tracing::warn!("Redis pub/sub connection failed ({why}); retrying");
                     }
-                    outages += 1;
+                    link.set_deaf(&e);
                 }
             }
-            backoff.wait().await;
+            tokio::select! {
+                () = backoff.wait() => {}
+                _ = switches.changed() => {}
+            }
         }
     }
 
@@ -175,6 +208,7 @@ impl Supervisor {
         mut listener: Listener,
         messages: UnboundedReceiver<Msg>,
         alarms: &mut UnboundedReceiver<Alarm>,
+        switches: &mut tokio::sync::watch::Receiver<u64>,
     ) -> LinkError {
         let reader = self.reader.take().unwrap_or_else(|| {
             Reader::new(
@@ -189,7 +223,9 @@ impl Supervisor {
         let stream = futures_util::stream::poll_fn(move |cx| messages.poll_recv(cx));
         let link = Arc::clone(&self.base.link);
         let mut reader = tokio::spawn(reader.run(stream, events, link));
-        let lost = self.serve_with(&mut listener, alarms, &reader).await;
+        let lost = self
+            .serve_with(&mut listener, alarms, switches, &reader)
+            .await;
         // Closing the events ends the reader, which hands its state back.
         self.tell = None;
         self.reader = match tokio::time::timeout(READER_STOP, &mut reader).await {
@@ -209,6 +245,7 @@ impl Supervisor {
         &mut self,
         listener: &mut Listener,
         alarms: &mut UnboundedReceiver<Alarm>,
+        switches: &mut tokio::sync::watch::Receiver<u64>,
         reader: &tokio::task::JoinHandle<Reader>,
     ) -> LinkError {
         // Everything the router holds must be (re)subscribed.
@@ -217,14 +254,15 @@ impl Supervisor {
             return e;
         }
         self.tell(Event::Settled);
-        self.base.link.set_listening(true);
+        self.base.link.set_listening();
         let mut probe = tokio::time::interval(PROBE_EVERY);
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         loop {
             let step = tokio::select! {
                 _ = self.base.subs.wake.notified() => self.reconcile(listener).await,
                 _ = tick.tick() => self.reconcile(listener).await,
-                _ = probe.tick() => timed(listener.ping()).await,
+                _ = probe.tick() => listener.probe(&self.base.link).await,
+                _ = switches.changed() => Err(LinkError::Switched),
                 alarm = alarms.recv() => match alarm {
                     // One server unsubscribes nobody on its own; our own
                     // unsubscribes are confirmed this way.

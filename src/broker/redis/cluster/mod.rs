@@ -52,7 +52,7 @@ use redis::Msg;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
 use super::history;
-use super::link::{timed, Backoff, Commands, NodeAddr, PROBE_EVERY};
+use super::link::{reason, timed, Backoff, Commands, Connection, LinkError, NodeAddr, PROBE_EVERY};
 use super::listener::{Alarm, Answer, Inbox, Listener, ListenerId};
 use super::plan::{Unsubscribes, BATCH, RECONCILE_EVERY};
 use super::reader::{Event, Reader, Tell};
@@ -78,6 +78,9 @@ pub struct Supervisor {
     unsubscribes: Unsubscribes,
     /// Wanted routes not subscribed because their master is out of reach.
     failing: HashSet<Route>,
+    /// The last failure to read the map or open a shard: why the
+    /// instance is not ready (`/readyz`).
+    trouble: String,
     messages: UnboundedSender<Msg>,
     alarms: UnboundedSender<Alarm>,
     /// Tells the reader what was (un)subscribed or lost.
@@ -106,6 +109,7 @@ impl Supervisor {
             placed: HashMap::new(),
             unsubscribes: Unsubscribes::default(),
             failing: HashSet::new(),
+            trouble: String::new(),
             messages,
             alarms,
             tell,
@@ -136,13 +140,24 @@ impl Supervisor {
                 _ = self.base.subs.wake.notified() => self.reconcile().await,
                 _ = tick.tick() => self.reconcile().await,
                 _ = probe.tick() => self.probe().await,
-                _ = refresh.tick() => self.refresh().await,
-                _ = map.stale() => self.refresh().await,
+                _ = refresh.tick() => self.refresh_quietly().await,
+                _ = map.stale() => self.refresh_quietly().await,
                 Some(alarm) = alarms.recv() => self.on_alarm(alarm).await,
             }
             // Not ready while a wanted route cannot be subscribed.
-            let listening = self.mapped && self.failing.is_empty();
-            self.base.link.set_listening(listening);
+            if !self.mapped {
+                let why = format!("no slot map ({})", self.trouble);
+                self.base.link.set_deaf(&LinkError::Refused(why));
+            } else if !self.failing.is_empty() {
+                let why = format!(
+                    "{} wanted channels not subscribed ({})",
+                    self.failing.len(),
+                    self.trouble
+                );
+                self.base.link.set_deaf(&LinkError::Refused(why));
+            } else {
+                self.base.link.set_listening();
+            }
         }
     }
 
@@ -160,9 +175,12 @@ impl Supervisor {
                     return command;
                 }
                 Err(e) => {
-                    if attempts == 0 || backoff.at_max() {
-                        tracing::warn!("Redis Cluster unreachable ({e}); retrying");
+                    if self.base.link.is_new_failure(Connection::Commands, &e) || backoff.at_max()
+                    {
+                        let why = reason(&e);
+                        tracing::warn!("Redis Cluster unreachable ({why}); retrying");
                     }
+                    self.base.link.set_down(&e);
                 }
             }
             attempts += 1;
@@ -170,28 +188,24 @@ impl Supervisor {
         }
     }
 
-    async fn try_connect(&mut self) -> Result<Commands, String> {
-        self.refresh().await;
-        if !self.mapped {
-            return Err("no slot map".into());
-        }
-        let mut command = self
-            .base
-            .link
-            .open_command()
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn try_connect(&mut self) -> Result<Commands, LinkError> {
+        self.refresh().await?;
+        let mut command = self.base.link.open_command().await?;
         if self.base.retention.is_on() {
             // SCRIPT LOAD goes to every master.
-            timed(history::load(&mut command))
-                .await
-                .map_err(|e| e.to_string())?;
+            timed(history::load(&mut command)).await?;
         }
         Ok(command)
     }
 
+    /// [`Supervisor::refresh`], whose failure shows in `/readyz` (and the
+    /// next refresh tries again).
+    async fn refresh_quietly(&mut self) {
+        let _ = self.refresh().await;
+    }
+
     /// Reads the slot map again; rebuilds the shards whose channels moved.
-    async fn refresh(&mut self) {
+    async fn refresh(&mut self) -> Result<(), LinkError> {
         let current = self.map.get();
         match current.fetch(&self.base.link).await {
             Ok(topology) => {
@@ -213,8 +227,12 @@ impl Supervisor {
                     tracing::warn!("cluster slot map unreadable: {e}");
                 }
                 self.mapped = false;
+                let e = LinkError::Refused(e.to_string());
+                self.trouble = reason(&e);
+                return Err(e);
             }
         }
+        Ok(())
     }
 
     /// Loses every shard holding a channel whose slot another master owns.
@@ -261,7 +279,7 @@ impl Supervisor {
             }
         };
         self.lose(&addr, why);
-        self.refresh().await;
+        self.refresh_quietly().await;
         self.reconcile().await;
     }
 
@@ -275,18 +293,19 @@ impl Supervisor {
     /// Every shard must answer a PING in time.
     async fn probe(&mut self) {
         let addrs: Vec<NodeAddr> = self.shards.keys().cloned().collect();
+        let link = Arc::clone(&self.base.link);
         let mut lost = false;
         for addr in addrs {
             let Some(shard) = self.shards.get_mut(&addr) else {
                 continue;
             };
-            if let Err(e) = timed(shard.ping()).await {
+            if let Err(e) = shard.probe(&link).await {
                 self.lose(&addr, &format!("probe failed: {e}"));
                 lost = true;
             }
         }
         if lost || !self.failing.is_empty() || !self.mapped {
-            self.refresh().await;
+            self.refresh_quietly().await;
         }
     }
 
@@ -416,7 +435,10 @@ impl Supervisor {
             alarms: self.alarms.clone(),
         };
         let opening = Listener::open(&self.base.link, id, Some(master), inbox);
-        let shard = timed(opening).await.map_err(|e| e.to_string())?;
+        let shard = opening.await.map_err(|e| {
+            self.trouble = format!("shard {master}: {}", reason(&e));
+            e.to_string()
+        })?;
         tracing::info!(shard = %master, "shard pub/sub connection open");
         metrics::redis_shard_opened(&master.to_string());
         self.shards.insert(master.clone(), shard);

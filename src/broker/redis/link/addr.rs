@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// A node's `host:port`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeAddr {
     pub host: String,
     pub port: u16,

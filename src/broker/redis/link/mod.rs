@@ -14,26 +14,32 @@
 //! probes answer, and down when they fail. Others only borrow the command
 //! connection, and fail fast while the link is down.
 
+mod access;
 mod addr;
 mod backoff;
 mod commands;
+mod health;
+mod sentinel;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::{
-    AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, RedisResult, Value,
-};
+use redis::{AsyncConnectionConfig, ProtocolVersion, RedisResult, Value};
 use tokio::sync::{watch, Notify};
 
+use access::{Access, AccessError, Entry, TlsFiles};
 pub use addr::NodeAddr;
 pub use backoff::Backoff;
 pub use commands::{Commands, Publish};
+pub use health::{reason, Connection};
+use health::Health;
+pub use sentinel::watch as watch_sentinels;
+use sentinel::{check_master, Sentinels};
 
-use crate::config::RedisServers;
+use crate::config::{Redis, RedisServers};
 use crate::metrics;
 
 /// How long connecting or any one command may take before it counts as a
@@ -62,24 +68,32 @@ pub enum LinkError {
     Closed,
     #[error("{0}")]
     Refused(String),
+    #[error("no master known ({0})")]
+    NoMaster(String),
+    #[error("the server is not the master (ROLE: {0})")]
+    NotMaster(String),
+    #[error("the sentinels named a new master")]
+    Switched,
 }
 
-/// A Redis setting that cannot be used (at start-up).
+/// A Redis setting that cannot be used (at start-up). Never holds a
+/// password: addresses are redacted, files named by their variable.
 #[derive(Debug, thiserror::Error)]
 pub enum UrlError {
-    #[error("AETHER_REDIS_URL: {0}")]
-    Url(redis::RedisError),
+    #[error("{0}: {1}")]
+    Address(&'static str, AccessError),
     #[error("AETHER_REDIS_CLUSTER: {0}")]
     Cluster(redis::RedisError),
 }
 
 /// Where the link goes.
 enum Target {
-    Single(Client),
+    Single(NodeAddr),
     Cluster {
         client: ClusterClient,
         seeds: Vec<NodeAddr>,
     },
+    Sentinel(Sentinels),
 }
 
 /// What a connection is for. Each connection the hub opens says it, and
@@ -115,6 +129,14 @@ pub struct RedisLink {
     /// This instance's id, in every connection's name.
     instance: String,
     target: Target,
+    /// Credentials and TLS of every data node.
+    access: Access,
+    /// Why each connection is down, for `/readyz` and the logs.
+    health: Health,
+    /// The master last connected to (Sentinel): a new one is a failover.
+    master: Mutex<Option<NodeAddr>>,
+    /// Counts `+switch-master` events (Sentinel).
+    switched: watch::Sender<u64>,
     command: RwLock<Option<Commands>>,
     /// The command connection works: messages can be published.
     up: AtomicBool,
@@ -128,32 +150,68 @@ pub struct RedisLink {
 }
 
 impl RedisLink {
-    /// A link to `servers` for the instance `instance`; nothing is
+    /// A link to `redis` for the instance `instance`; nothing is
     /// connected yet.
-    pub fn new(servers: &RedisServers, instance: &str) -> Result<RedisLink, UrlError> {
-        let target = match servers {
+    pub fn new(redis: &Redis, instance: &str) -> Result<RedisLink, UrlError> {
+        let tls = TlsFiles {
+            ca: redis.tls.ca_file.clone(),
+            cert: redis.tls.cert_file.clone(),
+            key: redis.tls.key_file.clone(),
+        };
+        let user = redis.credentials.username.as_deref();
+        let password = redis.credentials.password.as_deref();
+        let (target, access) = match &redis.servers {
             RedisServers::Single { url } => {
-                Target::Single(Client::open(url.as_str()).map_err(UrlError::Url)?)
+                let entries = entries("AETHER_REDIS_URL", std::slice::from_ref(url))?;
+                let access = Access::of(&entries, user, password, &tls)
+                    .map_err(|e| UrlError::Address("AETHER_REDIS_URL", e))?;
+                (Target::Single(entries[0].addr.clone()), access)
             }
             RedisServers::Cluster { seeds } => {
-                let urls: Vec<String> = seeds.iter().map(|s| format!("redis://{s}/")).collect();
-                let client = ClusterClientBuilder::new(urls)
-                    .connection_timeout(TIMEOUT)
-                    .response_timeout(TIMEOUT)
-                    .retries(CLUSTER_RETRIES)
-                    .min_retry_wait(50)
-                    .max_retry_wait(500)
-                    .build()
-                    .map_err(UrlError::Cluster)?;
-                let seeds = seeds.iter().filter_map(|s| NodeAddr::parse(s)).collect();
-                Target::Cluster { client, seeds }
+                let entries = entries("AETHER_REDIS_CLUSTER", seeds)?;
+                let access = Access::of(&entries, user, password, &tls)
+                    .map_err(|e| UrlError::Address("AETHER_REDIS_CLUSTER", e))?;
+                let seeds: Vec<NodeAddr> = entries.into_iter().map(|e| e.addr).collect();
+                let client = cluster_client(&seeds, &access).map_err(UrlError::Cluster)?;
+                (Target::Cluster { client, seeds }, access)
+            }
+            RedisServers::Sentinel { sentinels, master } => {
+                let var = "AETHER_REDIS_SENTINELS";
+                let entries = entries(var, sentinels)?;
+                let creds = &redis.sentinel_credentials;
+                let sentinel_access = Access::of(
+                    &entries,
+                    creds.username.as_deref(),
+                    creds.password.as_deref(),
+                    &tls,
+                )
+                .map_err(|e| UrlError::Address(var, e))?;
+                // The master speaks TLS when the sentinels do; its
+                // credentials are the data nodes' own, never the URLs'.
+                let master_access = Access::of(
+                    &[Entry::bare(NodeAddr::default(), sentinel_access.is_tls())],
+                    user,
+                    password,
+                    &tls,
+                )
+                .map_err(|e| UrlError::Address(var, e))?;
+                let sentinels = Sentinels {
+                    list: entries.into_iter().map(|e| e.addr).collect(),
+                    access: sentinel_access,
+                    name: master.clone(),
+                };
+                (Target::Sentinel(sentinels), master_access)
             }
         };
         metrics::redis_link_created();
         Ok(RedisLink {
-            servers: servers.clone(),
+            servers: redis.servers.clone(),
             instance: instance.to_owned(),
             target,
+            access,
+            health: Health::default(),
+            master: Mutex::new(None),
+            switched: watch::Sender::new(0),
             command: RwLock::new(None),
             up: AtomicBool::new(false),
             listening: AtomicBool::new(false),
@@ -171,37 +229,113 @@ impl RedisLink {
     /// The cluster's seed nodes; empty for a single server.
     pub fn seeds(&self) -> &[NodeAddr] {
         match &self.target {
-            Target::Single(_) => &[],
             Target::Cluster { seeds, .. } => seeds,
+            Target::Single(_) | Target::Sentinel(_) => &[],
+        }
+    }
+
+    /// The sentinels, when the master is found through them.
+    fn sentinels(&self) -> Option<&Sentinels> {
+        match &self.target {
+            Target::Sentinel(sentinels) => Some(sentinels),
+            _ => None,
         }
     }
 
     /// How messages are published through this link.
     pub fn publish(&self) -> Publish {
         match self.target {
-            Target::Single(_) => Publish::Classic,
+            Target::Single(_) | Target::Sentinel(_) => Publish::Classic,
             Target::Cluster { .. } => Publish::Sharded,
         }
     }
 
-    /// Opens a command connection (not yet in use).
-    pub async fn open_command(&self) -> RedisResult<Commands> {
+    /// The one server to connect to now: the configured one, or the
+    /// master the sentinels name.
+    async fn server(&self) -> Result<NodeAddr, LinkError> {
         match &self.target {
-            Target::Single(client) => {
-                let mut conn = client
-                    .get_multiplexed_async_connection_with_config(&config(TIMEOUT))
-                    .await?;
-                self.name(&mut conn, Role::Commands).await?;
+            Target::Single(addr) => Ok(addr.clone()),
+            Target::Sentinel(sentinels) => sentinels.master().await,
+            Target::Cluster { .. } => Err(LinkError::Refused(
+                "a cluster has no one server".to_owned(),
+            )),
+        }
+    }
+
+    /// A connection to the one server (`push`: RESP3, its pushes go
+    /// there), named for `role`; on Sentinel, checked to be the master.
+    async fn open_server(
+        &self,
+        role: Role,
+        push: Option<AsyncConnectionConfig>,
+    ) -> Result<MultiplexedConnection, LinkError> {
+        let addr = self.server().await?;
+        let protocol = match push {
+            Some(_) => ProtocolVersion::RESP3,
+            None => ProtocolVersion::RESP2,
+        };
+        let client = self.access.client(&addr, protocol)?;
+        let settings = push.unwrap_or_else(|| config(TIMEOUT));
+        let mut conn = timed(client.get_multiplexed_async_connection_with_config(&settings)).await?;
+        timed(self.name(&mut conn, role)).await?;
+        if self.sentinels().is_some() {
+            check_master(&mut conn).await?;
+            self.note_master(addr);
+        }
+        Ok(conn)
+    }
+
+    /// A master connected to: a different one than before is a failover
+    /// the hub followed.
+    fn note_master(&self, addr: NodeAddr) {
+        let Ok(mut last) = self.master.lock() else {
+            return;
+        };
+        if let Some(before) = last.as_ref().filter(|before| **before != addr) {
+            tracing::warn!(master = %addr, was = %before, "Redis master changed (failover followed)");
+            metrics::redis_failover();
+        }
+        *last = Some(addr);
+    }
+
+    /// A sentinel announced a new master: every connection to the old
+    /// one is dropped and made again ([`RedisLink::switched`]).
+    pub fn master_switched(&self) {
+        self.switched.send_modify(|n| *n += 1);
+    }
+
+    /// Changes at each `+switch-master` of our master.
+    pub fn switches(&self) -> watch::Receiver<u64> {
+        self.switched.subscribe()
+    }
+
+    /// Whether the probe must also check that the server is the master
+    /// (Sentinel: a demoted master answers `PING` as before).
+    pub fn checks_role(&self) -> bool {
+        self.sentinels().is_some()
+    }
+
+    /// The probe of a connection to the one server: it answers in time
+    /// and, on Sentinel, is still the master.
+    pub async fn probe(&self, conn: &mut impl ConnectionLike) -> Result<(), LinkError> {
+        match self.checks_role() {
+            true => check_master(conn).await,
+            false => ping(conn).await,
+        }
+    }
+
+    /// Opens a command connection (not yet in use).
+    pub async fn open_command(&self) -> Result<Commands, LinkError> {
+        match &self.target {
+            Target::Single(_) | Target::Sentinel(_) => {
+                let conn = self.open_server(Role::Commands, None).await?;
                 Ok(Commands::Single(conn))
             }
             Target::Cluster { client, .. } => {
                 let connecting = client.get_async_connection();
                 match tokio::time::timeout(TIMEOUT * 2, connecting).await {
-                    Ok(connected) => connected.map(Commands::Cluster),
-                    Err(_) => Err(redis::RedisError::from((
-                        redis::ErrorKind::IoError,
-                        "cluster connect timed out",
-                    ))),
+                    Ok(connected) => Ok(connected.map(Commands::Cluster)?),
+                    Err(_) => Err(LinkError::Timeout),
                 }
             }
         }
@@ -215,7 +349,9 @@ impl RedisLink {
         timeout: Duration,
         role: Role,
     ) -> RedisResult<MultiplexedConnection> {
-        let mut conn = Client::open(addr.url())?
+        let mut conn = self
+            .access
+            .client(addr, ProtocolVersion::RESP2)?
             .get_multiplexed_async_connection_with_config(&config(timeout))
             .await?;
         self.name(&mut conn, role).await?;
@@ -229,22 +365,14 @@ impl RedisLink {
         &self,
         node: Option<&NodeAddr>,
         push: impl AsyncPushSender,
-    ) -> RedisResult<MultiplexedConnection> {
-        let mut info = match (node, &self.target) {
-            (Some(addr), _) => addr.url().into_connection_info()?,
-            (None, Target::Single(client)) => client.get_connection_info().clone(),
-            (None, Target::Cluster { .. }) => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::ClientError,
-                    "a cluster listens per node",
-                )))
-            }
+    ) -> Result<MultiplexedConnection, LinkError> {
+        let settings = config(TIMEOUT).set_push_sender(push);
+        let Some(addr) = node else {
+            return self.open_server(Role::PubSub, Some(settings)).await;
         };
-        info.redis.protocol = ProtocolVersion::RESP3;
-        let mut conn = Client::open(info)?
-            .get_multiplexed_async_connection_with_config(&config(TIMEOUT).set_push_sender(push))
-            .await?;
-        self.name(&mut conn, Role::PubSub).await?;
+        let client = self.access.client(addr, ProtocolVersion::RESP3)?;
+        let mut conn = timed(client.get_multiplexed_async_connection_with_config(&settings)).await?;
+        timed(self.name(&mut conn, Role::PubSub)).await?;
         Ok(conn)
     }
 
@@ -283,27 +411,51 @@ impl RedisLink {
             *slot = Some(command);
         }
         self.up.store(true, Ordering::Release);
+        self.health.up(Connection::Commands);
         self.report();
         self.connected.send_modify(|n| *n += 1);
     }
 
-    /// The command connection failed: publishing fails fast until
-    /// [`RedisLink::set_up`].
-    pub fn set_down(&self) {
+    /// The command connection failed (or cannot be made), and why:
+    /// publishing fails fast until [`RedisLink::set_up`].
+    pub fn set_down(&self, why: &LinkError) {
         self.up.store(false, Ordering::Release);
         if let Ok(mut slot) = self.command.write() {
             *slot = None;
         }
+        self.health.down(Connection::Commands, why);
         self.report();
     }
 
-    /// Whether the pub/sub connections carry every wanted route (a lost
-    /// pub/sub connection does not stop publishing: docs/protocol.md
-    /// section 7).
-    pub fn set_listening(&self, listening: bool) {
-        if self.listening.swap(listening, Ordering::AcqRel) != listening {
+    /// The pub/sub connections carry every wanted route.
+    pub fn set_listening(&self) {
+        self.health.up(Connection::PubSub);
+        if !self.listening.swap(true, Ordering::AcqRel) {
             self.report();
         }
+    }
+
+    /// A pub/sub connection is down (or cannot be made), and why. This
+    /// does not stop publishing (docs/protocol.md section 7), but a
+    /// socket joining now would not get its messages: not ready.
+    pub fn set_deaf(&self, why: &LinkError) {
+        self.health.down(Connection::PubSub, why);
+        if self.listening.swap(false, Ordering::AcqRel) {
+            self.report();
+        }
+    }
+
+    /// Why the instance is not ready, a line per connection that is
+    /// down; `None` when it is ready.
+    pub fn unready(&self) -> Option<String> {
+        (!self.is_ready()).then(|| self.health.describe())
+    }
+
+    /// Whether the last failure of a connection was already logged as
+    /// this one (a retry loop logs a failure once, and again when its
+    /// reason changes).
+    pub fn is_new_failure(&self, connection: Connection, why: &LinkError) -> bool {
+        self.health.is_new(connection, why)
     }
 
     /// A command on the command connection failed as a dropped
@@ -345,6 +497,35 @@ impl RedisLink {
     pub fn connections(&self) -> watch::Receiver<u64> {
         self.connected.subscribe()
     }
+}
+
+/// Every configured address, taken apart; an error names the variable.
+fn entries(var: &'static str, list: &[String]) -> Result<Vec<Entry>, UrlError> {
+    let entries: Vec<Entry> = list
+        .iter()
+        .map(|a| Entry::parse(a))
+        .collect::<Result<_, _>>()
+        .map_err(|e| UrlError::Address(var, e))?;
+    if entries.is_empty() {
+        return Err(UrlError::Address(var, AccessError::Address(String::new())));
+    }
+    Ok(entries)
+}
+
+/// The cluster client: every node it finds gets the same credentials and
+/// TLS as the seeds.
+fn cluster_client(seeds: &[NodeAddr], access: &Access) -> RedisResult<ClusterClient> {
+    let infos = seeds.iter().map(|s| access.info(s, ProtocolVersion::RESP2));
+    let mut builder = ClusterClientBuilder::new(infos)
+        .connection_timeout(TIMEOUT)
+        .response_timeout(TIMEOUT)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(50)
+        .max_retry_wait(500);
+    if let Some(certs) = access.certificates() {
+        builder = builder.certs(certs);
+    }
+    builder.build()
 }
 
 fn config(timeout: Duration) -> AsyncConnectionConfig {

@@ -342,6 +342,9 @@ async fn send_once(
     };
     let mut retry = Vec::new();
     for (item, reply) in items.into_iter().zip(replies) {
+        // The server was demoted (a failover): probe now, so that nothing
+        // more is written to it.
+        sent.suspect |= is_readonly(&reply);
         if item.kept.is_some() && history::is_noscript(&reply) {
             retry.push(Retry {
                 item,
@@ -407,6 +410,17 @@ async fn send_alone(conn: &mut Commands, item: Outgoing, retention: Retention) -
 /// their answer ended.
 fn unanswered(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
+}
+
+/// `READONLY`: the server is a replica now (a script's write refused
+/// the same way says so in its details).
+fn is_readonly(reply: &Value) -> bool {
+    match reply {
+        Value::ServerError(e) => {
+            e.code() == "READONLY" || e.details().is_some_and(|d| d.contains("READONLY"))
+        }
+        _ => false,
+    }
 }
 
 /// Tells the messages' confirmations that their fate is unknown (rather

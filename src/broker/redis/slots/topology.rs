@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::slot::{Slot, SLOTS};
-use crate::broker::redis::link::{NodeAddr, RedisLink, Role};
+use crate::broker::redis::link::{reason, LinkError, NodeAddr, RedisLink, Role};
 
 /// How long one node may take to answer `CLUSTER SHARDS`.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -33,8 +33,9 @@ pub struct Topology {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    #[error("no cluster node answered CLUSTER SHARDS")]
-    NoAnswer,
+    /// With the last node's failure, in [`reason`]'s words.
+    #[error("no cluster node answered CLUSTER SHARDS; last: {0}")]
+    NoAnswer(String),
     #[error("unexpected CLUSTER SHARDS answer")]
     Malformed,
 }
@@ -78,6 +79,7 @@ impl Topology {
         let mut candidates: Vec<&NodeAddr> = self.masters.iter().collect();
         candidates.extend(self.nodes.iter().chain(link.seeds()));
         let mut asked = std::collections::HashSet::new();
+        let mut last = String::from("no node to ask");
         for addr in candidates {
             if !asked.insert(addr) {
                 continue;
@@ -88,11 +90,17 @@ impl Topology {
                     Some(t) if !t.masters.is_empty() => return Ok(t),
                     _ => return Err(TopologyError::Malformed),
                 },
-                Ok(Err(e)) => tracing::debug!(node = %addr, "CLUSTER SHARDS failed: {e}"),
-                Err(_) => tracing::debug!(node = %addr, "CLUSTER SHARDS timed out"),
+                Ok(Err(e)) => {
+                    tracing::debug!(node = %addr, "CLUSTER SHARDS failed: {e}");
+                    last = format!("{addr}: {}", reason(&LinkError::Redis(e)));
+                }
+                Err(_) => {
+                    tracing::debug!(node = %addr, "CLUSTER SHARDS timed out");
+                    last = format!("{addr}: {}", LinkError::Timeout);
+                }
             }
         }
-        Err(TopologyError::NoAnswer)
+        Err(TopologyError::NoAnswer(last))
     }
 
     /// Reads a `CLUSTER SHARDS` answer (RESP2 arrays or RESP3 maps).
