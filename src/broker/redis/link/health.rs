@@ -113,7 +113,11 @@ pub fn reason(why: &LinkError) -> String {
         .iter()
         .any(|w| lower.contains(w))
     {
-        format!("TLS: {text}")
+        let hint = match lower.contains("unknownissuer") {
+            true => " (AETHER_REDIS_TLS_CA_FILE must hold the CA that signed Redis's certificate)",
+            false => "",
+        };
+        format!("TLS: {text}{hint}")
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
         format!("unreachable: {text}")
     } else {
