@@ -14,7 +14,9 @@
 # other side; AB_SHAPES="memory 200 5;redis 1 1000" runs only those shapes
 # (mode, groups, subscribers); AB_NEW_ARGS="--acks" passes those arguments
 # to the load tool on the new side only (one binary, a feature on and off:
-# AB_BASE_HUB and AB_NEW_HUB the same file).
+# AB_BASE_HUB and AB_NEW_HUB the same file). AB_NEW_TLS=1 puts the new
+# side's hubs on a second, TLS-only Redis (a CA and certificate made here
+# with openssl, verified by the hubs): the cost of rediss://.
 #
 # Shapes: fan-out 1 x 1,000 at full speed in memory and through two hubs
 # on one Redis; 200 groups x 5 subscribers at full speed, the shape of
@@ -69,6 +71,26 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --d
 redis_pid=$!
 trap 'cleanup; kill $redis_pid 2>/dev/null || true' EXIT
 wait_port "$redis_port"
+redis_url="redis://127.0.0.1:$redis_port/"
+new_redis=(AETHER_REDIS_URL="$redis_url")
+if [ -n "${AB_NEW_TLS:-}" ]; then
+  tls=$out/tls tls_port=16498
+  mkdir -p "$tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=ab-ca \
+    -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$tls/redis.key" -out "$tls/redis.csr" 2>/dev/null
+  echo "subjectAltName=IP:127.0.0.1" >"$tls/ext"
+  openssl x509 -req -days 2 -in "$tls/redis.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+    -CAcreateserial -extfile "$tls/ext" -out "$tls/redis.pem" 2>/dev/null
+  redis-server --port 0 --tls-port "$tls_port" --bind 127.0.0.1 --save "" --appendonly no \
+    --tls-cert-file "$tls/redis.pem" --tls-key-file "$tls/redis.key" \
+    --tls-ca-cert-file "$tls/ca.pem" --tls-auth-clients no >/dev/null &
+  tls_pid=$!
+  trap 'cleanup; kill $redis_pid $tls_pid 2>/dev/null || true' EXIT
+  wait_port "$tls_port"
+  new_redis=(AETHER_REDIS_URL="rediss://127.0.0.1:$tls_port/" AETHER_REDIS_TLS_CA_FILE="$tls/ca.pem")
+fi
 
 # run NAME BIN MODE GROUPS SUBSCRIBERS -> appends a CSV row
 run() {
@@ -79,9 +101,12 @@ run() {
     hub "$bin" 18401
   else
     redis-cli -p "$redis_port" flushall >/dev/null
+    [ -n "${AB_NEW_TLS:-}" ] && redis-cli --tls --cacert "$tls/ca.pem" -h 127.0.0.1 -p "$tls_port" flushall >/dev/null
+    local on=(AETHER_REDIS_URL="$redis_url")
+    [ "$name" = new ] && on=("${new_redis[@]}")
     ports=(18411 18412)
-    hub "$bin" 18411 AETHER_REDIS_URL="redis://127.0.0.1:$redis_port/"
-    hub "$bin" 18412 AETHER_REDIS_URL="redis://127.0.0.1:$redis_port/"
+    hub "$bin" 18411 "${on[@]}"
+    hub "$bin" 18412 "${on[@]}"
     sleep 1
   fi
   for p in "${ports[@]}"; do urls+=(--url "ws://127.0.0.1:$p"); done
