@@ -632,11 +632,21 @@ mod tests {
 
     #[test]
     fn cluster_seeds_are_a_comma_list() {
-        let c = parse(&["--redis-cluster", "10.0.0.1:7000, rediss://:pw@10.0.0.2:7001,"]).unwrap();
-        assert_eq!(c.redis_cluster, vec!["10.0.0.1:7000", "rediss://:pw@10.0.0.2:7001"]);
+        let c = parse(&[
+            "--redis-cluster",
+            "10.0.0.1:7000, rediss://:pw@10.0.0.2:7001,",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.redis_cluster,
+            vec!["10.0.0.1:7000", "rediss://:pw@10.0.0.2:7001"]
+        );
         assert!(c.redis_url.is_none());
         assert!(parse(&[]).unwrap().redis_cluster.is_empty());
-        let seeds = vec!["10.0.0.1:7000".to_owned(), "rediss://:pw@10.0.0.2:7001".to_owned()];
+        let seeds = vec![
+            "10.0.0.1:7000".to_owned(),
+            "rediss://:pw@10.0.0.2:7001".to_owned(),
+        ];
         assert_eq!(servers(&c), Some(RedisServers::Cluster { seeds }));
     }
 
@@ -703,8 +713,14 @@ mod tests {
                 &["--redis-cluster", "a:1", "--redis-sentinels", "s:1"][..],
                 "AETHER_REDIS_SENTINELS",
             ),
-            (&["--redis-cluster", "a:1,nowhere"][..], "entry 2 is neither"),
-            (&["--redis-sentinels", "s:1"][..], "AETHER_REDIS_SENTINEL_MASTER"),
+            (
+                &["--redis-cluster", "a:1,nowhere"][..],
+                "entry 2 is neither",
+            ),
+            (
+                &["--redis-sentinels", "s:1"][..],
+                "AETHER_REDIS_SENTINEL_MASTER",
+            ),
             (&["--redis-sentinel-master", "m"][..], "set both or neither"),
             (
                 &["--redis-url", "rediss://h", "--redis-tls-cert-file", "c"][..],

@@ -1,14 +1,18 @@
 //! The hub's logs, read from the real binary's stderr: one line per connect
 //! and per disconnect (with close code and duration) at debug, refusals,
-//! text or JSON by setting, and never an API key.
+//! text or JSON by setting, and never an API key, a token or a Redis
+//! password (nor in `/metrics`, `/readyz` or `aether-hub --help`).
 
 mod support;
 
 use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::process::{signal, spawn_hub_with_logs, wait_exit, Running};
+use support::history::next_message;
+use support::process::{launch, signal, spawn_hub_with_logs, wait_exit, Running, BIN};
+use support::redis::{RedisOptions, RedisServer};
 use support::Client;
 
 const KEY: &str = "key-never-logged-7f3a";
@@ -188,4 +192,220 @@ async fn the_level_is_set_at_start_up() {
     assert!(!logs.contains("socket"), "{logs}");
     assert!(!logs.contains("INFO"), "{logs}");
     assert!(logs.contains("no API keys configured"), "{logs}");
+}
+
+/// The Redis password, given in `AETHER_REDIS_PASSWORD`.
+const REDIS_PASSWORD: &str = "redispwNeverLogged3c9e";
+/// Another password, in the URL: the setting wins over it.
+const URL_PASSWORD: &str = "urlpwNeverLogged0b5f";
+
+/// What a user could read from a running hub: `/metrics`, `/readyz`,
+/// and the answers to a presence query and to an HTTP publish (their
+/// error bodies while Redis refuses the hub).
+async fn served(hub: &Running) -> String {
+    let metrics = hub.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let readyz = hub.get("/readyz").await;
+    let presence = hub.get("/v3/groups/g1/presence").await;
+    let body = json!({"msg_type": "cmd", "target": "group", "group_id": "g1", "from_id": "svc", "cmd": "go"});
+    let publish =
+        support::http_request(hub.addr, "POST", "/v3/publish", &[], &body.to_string()).await;
+    [metrics.body, readyz.body, presence.body, publish.body].join("\n")
+}
+
+fn assert_no_redis_password(what: &str, text: &str) {
+    for secret in [REDIS_PASSWORD, URL_PASSWORD] {
+        assert!(
+            !text.contains(secret),
+            "a Redis password is in the {what}:\n{text}"
+        );
+    }
+}
+
+/// Kills the hub and returns everything it logged.
+fn kill_for_logs(mut hub: Running) -> String {
+    let _ = hub.child.kill();
+    let _ = hub.child.wait();
+    let mut logs = String::new();
+    hub.child
+        .stderr
+        .take()
+        .expect("stderr is piped")
+        .read_to_string(&mut logs)
+        .expect("read the hub's stderr");
+    logs
+}
+
+/// A session at debug level through a Redis with a password (a URL with
+/// another password, the setting's winning), then a hub whose passwords are
+/// both wrong, which logs and serves its errors, then the same over TLS
+/// with the password in the URL: neither password anywhere.
+#[tokio::test]
+async fn redis_passwords_are_never_logged_or_served() {
+    let redis = RedisServer::start_with(RedisOptions {
+        password: Some(REDIS_PASSWORD.into()),
+        ..RedisOptions::default()
+    });
+    let url = format!("redis://:{URL_PASSWORD}@127.0.0.1:{}/", redis.port);
+    let mut hub = spawn_hub_with_logs(&[
+        ("AETHER_LOG", "debug"),
+        ("AETHER_REDIS_URL", &url),
+        ("AETHER_REDIS_PASSWORD", REDIS_PASSWORD),
+    ])
+    .await;
+    let ws = |c: &str| format!("ws://{}/v3/ws/group/g1/client/{c}", hub.addr);
+    let mut alice = Client::connect(&ws("alice"), &[]).await.expect("connect");
+    let mut bob = Client::connect(&ws("bob"), &[]).await.expect("connect");
+    assert_eq!(alice.recv().await["payload"]["client_id"], "bob");
+    alice
+        .send(json!({"msg_type": "msg", "target": "group", "msg": "hi"}))
+        .await;
+    assert_eq!(next_message(&mut bob).await["msg"], "hi");
+    assert_no_redis_password("served pages", &served(&hub).await);
+    assert_eq!(alice.close().await, 1000);
+    assert_eq!(bob.close().await, 1000);
+    let logs = stop(&mut hub);
+    assert!(logs.contains("DEBUG"), "debug logs were on");
+    assert_no_redis_password("log", &logs);
+
+    let wrong = format!("redis://:{REDIS_PASSWORD}x@127.0.0.1:{}/", redis.port);
+    let refused = launch(
+        &[
+            ("AETHER_LOG", "debug"),
+            ("AETHER_REDIS_URL", &wrong),
+            ("AETHER_REDIS_PASSWORD", URL_PASSWORD),
+        ],
+        Stdio::piped(),
+    );
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    loop {
+        if tokio::net::TcpStream::connect(refused.addr).await.is_ok()
+            && refused
+                .get("/readyz")
+                .await
+                .body
+                .to_lowercase()
+                .contains("auth")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never said it was authentication"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A few reconnect attempts, each failing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_no_redis_password("served pages", &served(&refused).await);
+    let logs = kill_for_logs(refused);
+    assert!(
+        logs.to_lowercase().contains("auth"),
+        "the log says nothing of authentication:\n{logs}"
+    );
+    assert_no_redis_password("log", &logs);
+
+    let tls = RedisServer::start_with(RedisOptions {
+        password: Some(REDIS_PASSWORD.into()),
+        tls: true,
+        client_certs: false,
+    });
+    let ca = tls
+        .tls()
+        .expect("TLS")
+        .ca_file
+        .to_string_lossy()
+        .into_owned();
+    let mut hub = spawn_hub_with_logs(&[
+        ("AETHER_LOG", "debug"),
+        ("AETHER_REDIS_URL", &tls.url()),
+        ("AETHER_REDIS_TLS_CA_FILE", &ca),
+    ])
+    .await;
+    let alice = Client::connect(
+        &format!("ws://{}/v3/ws/group/g1/client/alice", hub.addr),
+        &[],
+    )
+    .await
+    .expect("connect");
+    assert_no_redis_password("served pages", &served(&hub).await);
+    assert_eq!(alice.close().await, 1000);
+    assert_no_redis_password("log", &stop(&mut hub));
+}
+
+/// `aether-hub --help` shows the environment's values beside the flags,
+/// except secrets: no Redis password, in a URL or on its own, of a server,
+/// a cluster seed or a sentinel.
+#[test]
+fn help_shows_no_redis_secret() {
+    let secrets = [
+        "helpsecretUrl1",
+        "helpsecretPassword2",
+        "helpsecretCluster3",
+        "helpsecretSentinels4",
+        "helpsecretSentinelPassword5",
+    ];
+    let output = Command::new(BIN)
+        .arg("--help")
+        .env(
+            "AETHER_REDIS_URL",
+            format!("rediss://hub:{}@10.0.0.1:6379/", secrets[0]),
+        )
+        .env("AETHER_REDIS_PASSWORD", secrets[1])
+        .env(
+            "AETHER_REDIS_CLUSTER",
+            format!("rediss://:{}@10.0.0.2:6379,10.0.0.3:6379", secrets[2]),
+        )
+        .env(
+            "AETHER_REDIS_SENTINELS",
+            format!("redis://:{}@10.0.0.4:26379", secrets[3]),
+        )
+        .env("AETHER_REDIS_SENTINEL_PASSWORD", secrets[4])
+        .output()
+        .expect("run aether-hub --help");
+    assert!(output.status.success(), "{output:?}");
+    let help = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(help.contains("AETHER_REDIS_PASSWORD"), "{help}");
+    for secret in secrets {
+        assert!(!help.contains(secret), "--help shows {secret}:\n{help}");
+    }
+}
+
+/// A Redis setting that does not parse stops start-up with a message that
+/// names the variable and shows the value with its password masked.
+#[test]
+fn a_redis_settings_error_shows_no_password() {
+    let cases = [
+        (
+            "AETHER_REDIS_URL",
+            "rediss://:badsecretA1@127.0.0.1:notaport/",
+        ),
+        ("AETHER_REDIS_URL", "redis://hub:bad:secretB2@127.0.0.1:x/"),
+        (
+            "AETHER_REDIS_CLUSTER",
+            "rediss://:badsecretC3@127.0.0.1:7000,redis://user:badsecretD4@h:y",
+        ),
+    ];
+    for (var, value) in cases {
+        let output = Command::new(BIN)
+            .env("AETHER_BIND", "127.0.0.1:0")
+            .env(var, value)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run aether-hub");
+        assert!(!output.status.success(), "{var}={value} was accepted");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(said.contains(var), "the error does not name {var}: {said}");
+        for secret in ["badsecret", "secretB2"] {
+            assert!(!said.contains(secret), "{var}: the password shows:\n{said}");
+        }
+    }
 }

@@ -8,7 +8,13 @@
 //!
 //! [`Cluster::start`] gives a test its own cluster, killed on drop;
 //! [`Cluster::shared`] is one cluster per test binary, started on first use
-//! (a test that kills or moves something on it puts things back). The
+//! (a test that kills or moves something on it puts things back).
+//! [`Cluster::start_secured`] and [`Cluster::shared_secured`] are the same
+//! as production runs one ([`Secured`]): TLS only, on the client port, the
+//! cluster bus and replication (`--port 0 --tls-port --tls-cluster yes
+//! --tls-replication yes`), with certificates of a CA made at run time,
+//! and a password on every node (`requirepass`, `masterauth`); the harness
+//! then speaks TLS and authenticates too. The
 //! server processes are started by one long-lived thread and ask the kernel
 //! to kill them when it goes (`PR_SET_PDEATHSIG`), so even the shared
 //! cluster, which nothing drops, ends with the test binary. Every wait is
@@ -17,11 +23,13 @@
 mod layout;
 mod node;
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+use redis::RedisConnectionInfo;
 
+use super::redis::{connect_tls, RedisTls};
 use layout::layout;
 pub use layout::{key_slot, parse_nodes, NodeView, SLOTS};
 use node::{create, remove_stale_dirs, Node};
@@ -29,28 +37,71 @@ use node::{create, remove_stale_dirs, Node};
 /// The longest the cluster may take to form, fail over or settle.
 pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The password of [`Cluster::shared_secured`]'s nodes.
+pub const SHARED_PASSWORD: &str = "clusterpw4b7e";
+
 const NODES: usize = 6;
 
 pub struct Cluster {
     nodes: Mutex<Vec<Node>>,
+    secured: Option<Arc<Secured>>,
+}
+
+/// What every node of a secured cluster asks of its clients, the other
+/// nodes included: TLS with a certificate of one test CA (none asked of
+/// clients: `tls-auth-clients no`), and a password.
+pub struct Secured {
+    pub tls: RedisTls,
+    /// The `default` user's password on every node (`requirepass`), and
+    /// what replicas give their masters (`masterauth`). Letters and
+    /// digits only: it goes into URLs as is.
+    pub password: String,
+}
+
+impl Secured {
+    /// A new CA and certificates, in a directory the next test binary
+    /// removes if this one could not (see `remove_stale_dirs`).
+    fn new(password: &str) -> Secured {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "aether-cluster-{}-tls{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        Secured {
+            tls: RedisTls::new(dir),
+            password: password.to_owned(),
+        }
+    }
 }
 
 impl Cluster {
     /// A cluster of its own for one test, formed and settled.
     pub fn start() -> Cluster {
+        Self::start_nodes(None)
+    }
+
+    /// The same over TLS only, with `password` on every node.
+    pub fn start_secured(password: &str) -> Cluster {
+        Self::start_nodes(Some(Arc::new(Secured::new(password))))
+    }
+
+    fn start_nodes(secured: Option<Arc<Secured>>) -> Cluster {
         remove_stale_dirs();
-        let mut nodes: Vec<Node> = (0..NODES).map(|_| Node::new()).collect();
+        let mut nodes: Vec<Node> = (0..NODES).map(|_| Node::new(secured.clone())).collect();
         for node in &mut nodes {
             node.spawn();
         }
         let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
         let dirs: Vec<_> = nodes.iter().map(|n| n.dir.clone()).collect();
-        create(&ports, &dirs);
+        create(&ports, &dirs, secured.as_deref());
         for node in &mut nodes {
             node.formed();
         }
         let cluster = Cluster {
             nodes: Mutex::new(nodes),
+            secured,
         };
         cluster.wait_settled_blocking();
         cluster
@@ -60,6 +111,18 @@ impl Cluster {
     pub fn shared() -> &'static Cluster {
         static SHARED: OnceLock<Cluster> = OnceLock::new();
         SHARED.get_or_init(Cluster::start)
+    }
+
+    /// The secured cluster this test binary shares (TLS only, password
+    /// [`SHARED_PASSWORD`]), started on first use.
+    pub fn shared_secured() -> &'static Cluster {
+        static SHARED: OnceLock<Cluster> = OnceLock::new();
+        SHARED.get_or_init(|| Cluster::start_secured(SHARED_PASSWORD))
+    }
+
+    /// What a secured cluster asks for (`None` for a plain one).
+    pub fn secured(&self) -> Option<&Secured> {
+        self.secured.as_deref()
     }
 
     /// Every node's port, running or not, in start order.
@@ -84,15 +147,35 @@ impl Cluster {
             .join(",")
     }
 
+    /// The seed list as URLs, `rediss://` with `:password@` on a secured
+    /// cluster (`redis://` on a plain one): every node.
+    pub fn seed_urls(&self) -> Vec<String> {
+        self.ports().iter().map(|p| self.seed_url(*p)).collect()
+    }
+
+    /// One node's seed URL (see [`Cluster::seed_urls`]).
+    pub fn seed_url(&self, port: u16) -> String {
+        match &self.secured {
+            Some(s) => format!("rediss://:{}@127.0.0.1:{port}", s.password),
+            None => format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Node>> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A connection to one node, for commands a test sends itself.
     pub async fn client(&self, port: u16) -> MultiplexedConnection {
-        connect(port)
+        self.connect(port)
             .await
             .unwrap_or_else(|e| panic!("connect to cluster node {port}: {e}"))
+    }
+
+    /// A connection to one node, over TLS and authenticated on a secured
+    /// cluster; an error if it does not answer within 2 s.
+    async fn connect(&self, port: u16) -> redis::RedisResult<MultiplexedConnection> {
+        connect(self.secured.as_deref(), port).await
     }
 
     /// The last lines of a node's log, for a failure message.
@@ -109,7 +192,7 @@ impl Cluster {
     /// The cluster as a running node sees it.
     pub async fn nodes(&self) -> Vec<NodeView> {
         for port in self.running_ports() {
-            if let Ok(mut conn) = connect(port).await {
+            if let Ok(mut conn) = self.connect(port).await {
                 if let Ok(text) = cluster_nodes(&mut conn).await {
                     return parse_nodes(&text);
                 }
@@ -228,7 +311,7 @@ impl Cluster {
     pub async fn set_node_timeout(&self, ms: u64) {
         for port in self.running_ports() {
             let Ok(Ok(mut conn)) =
-                tokio::time::timeout(Duration::from_secs(2), connect(port)).await
+                tokio::time::timeout(Duration::from_secs(2), self.connect(port)).await
             else {
                 continue;
             };
@@ -356,13 +439,18 @@ impl Cluster {
             if keys.is_empty() {
                 break;
             }
-            let _: () = redis::cmd("MIGRATE")
+            let mut migrate = redis::cmd("MIGRATE");
+            migrate
                 .arg("127.0.0.1")
                 .arg(to)
                 .arg("")
                 .arg(0)
                 .arg(5000)
-                .arg("REPLACE")
+                .arg("REPLACE");
+            if let Some(secured) = &self.secured {
+                migrate.arg("AUTH").arg(&secured.password);
+            }
+            let _: () = migrate
                 .arg("KEYS")
                 .arg(&keys)
                 .query_async(&mut source)
@@ -399,7 +487,7 @@ impl Cluster {
     async fn settled(&self) -> bool {
         let mut views = Vec::new();
         for port in self.running_ports() {
-            let Ok(mut conn) = connect(port).await else {
+            let Ok(mut conn) = self.connect(port).await else {
                 return false;
             };
             let info: redis::RedisResult<String> = redis::cmd("CLUSTER")
@@ -470,9 +558,26 @@ async fn replica_in_sync(conn: &mut MultiplexedConnection) -> bool {
     info.is_ok_and(|i| i.contains("role:master") || i.contains("master_link_status:up"))
 }
 
-async fn connect(port: u16) -> redis::RedisResult<MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-    let connecting = client.get_multiplexed_async_connection();
+async fn connect(
+    secured: Option<&Secured>,
+    port: u16,
+) -> redis::RedisResult<MultiplexedConnection> {
+    let connecting = async {
+        match secured {
+            Some(secured) => {
+                let info = RedisConnectionInfo {
+                    password: Some(secured.password.clone()),
+                    ..RedisConnectionInfo::default()
+                };
+                connect_tls(port, secured.tls.ca.client_config(), &info).await
+            }
+            None => {
+                redis::Client::open(format!("redis://127.0.0.1:{port}/"))?
+                    .get_multiplexed_async_connection()
+                    .await
+            }
+        }
+    };
     tokio::time::timeout(Duration::from_secs(2), connecting)
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out")))?

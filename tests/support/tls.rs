@@ -1,13 +1,18 @@
 //! TLS for tests: a certificate authority made at run time (rcgen; nothing
 //! secret is committed), a leaf certificate for `localhost` and 127.0.0.1
-//! in PEM files the hub loads, and clients that trust one authority only.
+//! in PEM files the hub loads, a client certificate (mutual TLS, as a
+//! Redis with `tls-auth-clients yes` asks for), and clients that trust one
+//! authority only.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use rustls::pki_types::ServerName;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,17 +64,55 @@ impl TestCa {
         }
     }
 
+    /// The authority's own certificate, PEM: what a CA file holds.
+    pub fn ca_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A client certificate named `name` (extended key usage: client
+    /// authentication only): (certificate PEM, key PEM).
+    pub fn client_leaf(&self, name: &str) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("client key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("client certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A client configuration that trusts this authority and no other.
     pub fn client_config(&self) -> Arc<ClientConfig> {
+        Arc::new(self.config_builder().with_no_client_auth())
+    }
+
+    /// The same, showing the client certificate in `client` (PEM files).
+    pub fn client_config_with_cert(&self, client: &CertFiles) -> Arc<ClientConfig> {
+        let chain = CertificateDer::pem_file_iter(&client.cert)
+            .expect("client certificate file")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("client certificate PEM");
+        let key = PrivateKeyDer::from_pem_file(&client.key).expect("client key PEM");
+        let config = self
+            .config_builder()
+            .with_client_auth_cert(chain, key)
+            .expect("client certificate and key");
+        Arc::new(config)
+    }
+
+    fn config_builder(
+        &self,
+    ) -> rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert> {
         let mut roots = RootCertStore::empty();
         roots.add(self.issuer.der().clone()).expect("CA root");
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
+        ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
             .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
     }
 }
 

@@ -43,18 +43,36 @@ pub struct Script {
 /// ending in `}`), sender, history size, TTL in ms, position TTL in ms, a
 /// fresh epoch for a route that has none, the publishing command
 /// (`PUBLISH`, or `SPUBLISH` for a sharded channel on Redis Cluster, where
-/// the channel shares its keys' slot). Returns `{offset, epoch}`.
+/// the channel shares its keys' slot), the master's lineage (`""`: not
+/// checked). Returns `{offset, epoch}`.
 ///
 /// A new epoch starts with an empty stream (`DEL`), so a stream never mixes
 /// two numberings. The text gets `,"offset":N,"epoch":"E"}` in place of its
 /// closing brace.
+///
+/// The lineage (Sentinel: the master's replication ID, new at each
+/// promotion) is kept in the position (`l`). A position numbered under
+/// another master may have lost its last offsets in the failover
+/// (replication is asynchronous): numbering on from it would hand those
+/// offsets out a second time, so that readers drop new messages as
+/// duplicates and a resuming client is told `recovered: true` across a
+/// gap. It starts a new epoch instead.
 pub static NUMBER: Script = Script::new(
     r#"
 local epoch = redis.call('HGET', KEYS[1], 'e')
+if epoch and ARGV[9] ~= '' then
+  local lineage = redis.call('HGET', KEYS[1], 'l')
+  if not lineage then
+    redis.call('HSET', KEYS[1], 'l', ARGV[9])
+  elseif lineage ~= ARGV[9] then
+    epoch = false
+  end
+end
 if not epoch then
   epoch = ARGV[7]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('HSET', KEYS[1], 'e', epoch, 'n', 0)
+  if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'l', ARGV[9]) end
 end
 local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
 local offset = string.format('%d', n)
@@ -78,7 +96,8 @@ return {n, epoch}
 /// most; 0: the position only), TTL in ms (older entries are skipped),
 /// position TTL in ms, a fresh epoch to create a missing position with
 /// (`""`: do not create), the epoch the caller reads in (`""`: any; entries
-/// only when it is the route's).
+/// only when it is the route's), the master's lineage to create it with
+/// (`""`: none; see [`NUMBER`]).
 ///
 /// Returns `{epoch, last offset, scanned up to, more, offset1, text1,
 /// sender1, …}`; `epoch` is `""` when the route has no position (and none
@@ -94,6 +113,7 @@ elseif ARGV[6] ~= '' then
   epoch = ARGV[6]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', epoch, 'n', 0)
+  if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'l', ARGV[8]) end
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 else
   return {'', 0, 0, 0}
@@ -210,12 +230,14 @@ pub enum Invoke {
 }
 
 /// What numbering needs beyond the message: how to call the script, how
-/// it publishes, and an epoch for a route that has none.
+/// it publishes, an epoch for a route that has none, and the master's
+/// lineage ([`Commands::lineage`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Numbering<'a> {
     pub invoke: Invoke,
     pub publish: Publish,
     pub fresh: &'a Epoch,
+    pub lineage: &'a str,
 }
 
 /// The `EVALSHA` of [`NUMBER`] for one message, to go in a pipeline.
@@ -231,6 +253,7 @@ pub fn number_cmd(
         invoke,
         publish,
         fresh,
+        lineage,
     } = how;
     let mut cmd = NUMBER.invoke(invoke);
     cmd.arg(2)
@@ -243,7 +266,8 @@ pub fn number_cmd(
         .arg(millis(retention.ttl))
         .arg(millis(position_ttl(retention)))
         .arg(fresh.as_str())
-        .arg(publish.command());
+        .arg(publish.command())
+        .arg(lineage);
     cmd
 }
 
@@ -299,6 +323,7 @@ pub async fn read(
     retention: Retention,
 ) -> RedisResult<Batch> {
     let fresh = range.create.then(Epoch::random);
+    let lineage = conn.lineage().to_owned();
     let build = |invoke| {
         let mut cmd = READ.invoke(invoke);
         cmd.arg(2)
@@ -310,7 +335,8 @@ pub async fn read(
             .arg(millis(retention.ttl))
             .arg(millis(position_ttl(retention)))
             .arg(fresh.as_ref().map_or("", Epoch::as_str))
-            .arg(range.want.map_or("", Epoch::as_str));
+            .arg(range.want.map_or("", Epoch::as_str))
+            .arg(lineage.as_str());
         cmd
     };
     let reply: Value = match build(Invoke::Sha).query_async(conn).await {

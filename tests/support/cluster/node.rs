@@ -6,10 +6,10 @@
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::CLUSTER_TIMEOUT;
+use super::{Secured, CLUSTER_TIMEOUT};
 
 /// How long a node of the formed cluster waits before it calls a silent
 /// peer failed: short, so that failovers take a second or two.
@@ -27,10 +27,12 @@ pub struct Node {
     pub child: Option<Child>,
     /// Whether the cluster has formed (it knows its peers from then on).
     formed: bool,
+    /// TLS only and a password, for a secured cluster.
+    secured: Option<Arc<Secured>>,
 }
 
 impl Node {
-    pub fn new() -> Node {
+    pub fn new(secured: Option<Arc<Secured>>) -> Node {
         let port = super::super::private_port();
         let bus_port = super::super::private_port();
         let dir =
@@ -43,6 +45,7 @@ impl Node {
             dir,
             child: None,
             formed: false,
+            secured,
         }
     }
 
@@ -50,7 +53,7 @@ impl Node {
     /// [`NODE_TIMEOUT_MS`].
     pub fn formed(&mut self) {
         let timeout = NODE_TIMEOUT_MS.to_string();
-        let status = Command::new("redis-cli")
+        let status = cli(self.secured.as_deref())
             .args(["-p", &self.port.to_string()])
             .args(["CONFIG", "SET", "cluster-node-timeout", &timeout])
             .stdout(Stdio::null())
@@ -65,8 +68,21 @@ impl Node {
 
     pub fn spawn(&mut self) {
         let mut command = Command::new("redis-server");
+        match &self.secured {
+            Some(secured) => {
+                command
+                    .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                    .args(secured.tls.server_args(false))
+                    .args(["--requirepass", &secured.password])
+                    .args(["--masterauth", &secured.password]);
+            }
+            None => {
+                command.args(["--port", &self.port.to_string()]);
+            }
+        }
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-port", &self.bus_port.to_string()])
             .args(["--cluster-config-file", "nodes.conf"])
@@ -131,12 +147,24 @@ pub fn remove_stale_dirs() {
     }
 }
 
+/// `redis-cli`, speaking TLS and authenticating on a secured cluster (the
+/// password in the environment, `REDISCLI_AUTH`, not on the command line).
+fn cli(secured: Option<&Secured>) -> Command {
+    let mut command = Command::new("redis-cli");
+    if let Some(secured) = secured {
+        command
+            .args(secured.tls.cli_args())
+            .env("REDISCLI_AUTH", &secured.password);
+    }
+    command
+}
+
 /// `redis-cli --cluster create` over `ports`, one replica per master;
 /// `dir` keeps its output, shown with the nodes' logs if it never finishes.
-pub fn create(ports: &[u16], dirs: &[PathBuf]) {
+pub fn create(ports: &[u16], dirs: &[PathBuf], secured: Option<&Secured>) {
     let output_path = dirs[0].join("create.out");
     let output = std::fs::File::create(&output_path).expect("redis-cli output file");
-    let mut command = Command::new("redis-cli");
+    let mut command = cli(secured);
     command.arg("--cluster").arg("create");
     command.args(ports.iter().map(|p| format!("127.0.0.1:{p}")));
     command

@@ -175,8 +175,7 @@ impl Supervisor {
                     return command;
                 }
                 Err(e) => {
-                    if self.base.link.is_new_failure(Connection::Commands, &e) || backoff.at_max()
-                    {
+                    if self.base.link.is_new_failure(Connection::Commands, &e) || backoff.at_max() {
                         let why = reason(&e);
                         tracing::warn!("Redis Cluster unreachable ({why}); retrying");
                     }

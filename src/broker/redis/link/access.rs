@@ -12,9 +12,11 @@
 use std::path::{Path, PathBuf};
 
 use redis::{
-    Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisResult,
-    RedisConnectionInfo, TlsCertificates,
+    Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion,
+    RedisConnectionInfo, RedisResult, TlsCertificates,
 };
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::NodeAddr;
 use crate::config::redact;
@@ -91,43 +93,61 @@ impl TlsFiles {
     /// stops the hub with its variable's name rather than failing every
     /// connection later.
     fn load(&self) -> Result<TlsCertificates, AccessError> {
-        let read = |var: &'static str, path: &Path| {
-            std::fs::read(path).map_err(|e| AccessError::TlsFile {
-                var,
-                why: format!("{}: {e}", path.display()),
-            })
-        };
         let root_cert = match &self.ca {
-            Some(path) => Some(read("AETHER_REDIS_TLS_CA_FILE", path)?),
+            Some(path) => Some(read_certs("AETHER_REDIS_TLS_CA_FILE", path)?),
             None => None,
         };
         let client_tls = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-                client_cert: read("AETHER_REDIS_TLS_CERT_FILE", cert)?,
-                client_key: read("AETHER_REDIS_TLS_KEY_FILE", key)?,
+                client_cert: read_certs("AETHER_REDIS_TLS_CERT_FILE", cert)?,
+                client_key: read_key("AETHER_REDIS_TLS_KEY_FILE", key)?,
             }),
             _ => None,
         };
-        let certs = TlsCertificates {
+        Ok(TlsCertificates {
             client_tls,
             root_cert,
-        };
-        // Parses the PEM now: a file of the wrong kind is a settings error.
-        let probe = ConnectionInfo {
-            addr: ConnectionAddr::TcpTls {
-                host: "localhost".into(),
-                port: 6379,
-                insecure: false,
-                tls_params: None,
-            },
-            redis: RedisConnectionInfo::default(),
-        };
-        Client::build_with_tls(probe, certs.clone()).map_err(|e| AccessError::TlsFile {
-            var: "AETHER_REDIS_TLS_*",
-            why: e.to_string(),
-        })?;
-        Ok(certs)
+        })
     }
+}
+
+fn read(var: &'static str, path: &Path) -> Result<Vec<u8>, AccessError> {
+    std::fs::read(path).map_err(|e| AccessError::TlsFile {
+        var,
+        why: format!("{}: {e}", path.display()),
+    })
+}
+
+/// A PEM file of one certificate at least, each one that rustls takes.
+fn read_certs(var: &'static str, path: &Path) -> Result<Vec<u8>, AccessError> {
+    let pem = read(var, path)?;
+    let bad = |why: String| AccessError::TlsFile {
+        var,
+        why: format!("{}: {why}", path.display()),
+    };
+    let certs: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("not PEM ({e})")))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".to_owned()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("a certificate does not parse ({e})")))?;
+    }
+    Ok(pem)
+}
+
+/// A PEM file holding a private key (PKCS#8, PKCS#1 or SEC1).
+fn read_key(var: &'static str, path: &Path) -> Result<Vec<u8>, AccessError> {
+    let pem = read(var, path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| AccessError::TlsFile {
+        var,
+        why: format!("{}: no private key in it ({e})", path.display()),
+    })?;
+    Ok(pem)
 }
 
 /// Who the hub is to one kind of node, and how it encrypts.
@@ -169,7 +189,8 @@ impl Access {
             true => Some(files.load()?),
             false => None,
         };
-        let pick = |env: Option<&str>, url: Option<&String>| env.map(str::to_owned).or(url.cloned());
+        let pick =
+            |env: Option<&str>, url: Option<&String>| env.map(str::to_owned).or(url.cloned());
         Ok(Access {
             username: pick(username, first.and_then(|e| e.username.as_ref())),
             password: pick(password, first.and_then(|e| e.password.as_ref())),
@@ -259,7 +280,10 @@ mod tests {
         let access = Access::of(&entries, None, Some("env-pw"), &files).expect("access");
         assert_eq!(access.password().as_deref(), Some("env-pw"));
         assert_eq!(access.username().as_deref(), Some("u"));
-        let mixed = [Entry::parse("rediss://a:1").expect("a"), Entry::parse("b:2").expect("b")];
+        let mixed = [
+            Entry::parse("rediss://a:1").expect("a"),
+            Entry::parse("b:2").expect("b"),
+        ];
         assert!(Access::of(&mixed, None, None, &files).is_err());
         let two = [
             Entry::parse("redis://:one@a:1").expect("a"),
@@ -270,13 +294,50 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_that_do_not_load_name_their_variable() {
+        let dir = std::env::temp_dir().join(format!("aether-access-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a PEM file").expect("write");
+        let entries = [Entry::parse("rediss://a:1").expect("a")];
+        for (files, var) in [
+            (
+                TlsFiles {
+                    ca: Some(junk.clone()),
+                    ..TlsFiles::default()
+                },
+                "AETHER_REDIS_TLS_CA_FILE",
+            ),
+            (
+                TlsFiles {
+                    cert: Some(junk.clone()),
+                    key: Some(junk.clone()),
+                    ..TlsFiles::default()
+                },
+                "AETHER_REDIS_TLS_CERT_FILE",
+            ),
+        ] {
+            let err = Access::of(&entries, None, None, &files)
+                .err()
+                .expect("refused");
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_missing_tls_file_names_its_variable() {
         let files = TlsFiles {
             ca: Some("/nonexistent/ca.pem".into()),
             ..TlsFiles::default()
         };
         let entries = [Entry::parse("rediss://a:1").expect("a")];
-        let err = Access::of(&entries, None, None, &files).err().expect("refused");
-        assert!(err.to_string().contains("AETHER_REDIS_TLS_CA_FILE"), "{err}");
+        let err = Access::of(&entries, None, None, &files)
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string().contains("AETHER_REDIS_TLS_CA_FILE"),
+            "{err}"
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! scripts, presence), whatever Redis is behind it, and which command
 //! publishes on it.
 
+use std::sync::Arc;
+
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
@@ -12,14 +14,28 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 #[derive(Clone)]
 pub enum Commands {
     Single(MultiplexedConnection),
+    /// The master Sentinel named, and its lineage: its replication ID
+    /// (`master_replid`), which a promotion changes. History numbering is
+    /// tied to it (`history.rs`, `NUMBER`).
+    Sentinel(MultiplexedConnection, Arc<str>),
     /// Routes by key slot to the owning master; follows `MOVED`/`ASK`.
     Cluster(ClusterConnection),
+}
+
+impl Commands {
+    /// The master's lineage; `""` where it is not checked.
+    pub fn lineage(&self) -> &str {
+        match self {
+            Commands::Sentinel(_, lineage) => lineage,
+            Commands::Single(_) | Commands::Cluster(_) => "",
+        }
+    }
 }
 
 impl ConnectionLike for Commands {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Commands::Single(c) => c.req_packed_command(cmd),
+            Commands::Single(c) | Commands::Sentinel(c, _) => c.req_packed_command(cmd),
             Commands::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -31,14 +47,16 @@ impl ConnectionLike for Commands {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Commands::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Commands::Single(c) | Commands::Sentinel(c, _) => {
+                c.req_packed_commands(cmd, offset, count)
+            }
             Commands::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Commands::Single(c) => c.get_db(),
+            Commands::Single(c) | Commands::Sentinel(c, _) => c.get_db(),
             Commands::Cluster(c) => c.get_db(),
         }
     }

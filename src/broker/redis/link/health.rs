@@ -114,7 +114,7 @@ pub fn reason(why: &LinkError) -> String {
         .any(|w| lower.contains(w))
     {
         let hint = match lower.contains("unknownissuer") {
-            true => " (AETHER_REDIS_TLS_CA_FILE must hold the CA that signed Redis's certificate)",
+            true => " (is AETHER_REDIS_TLS_CA_FILE the CA that signed Redis's certificate?)",
             false => "",
         };
         format!("TLS: {text}{hint}")

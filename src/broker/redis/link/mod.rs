@@ -34,8 +34,8 @@ use access::{Access, AccessError, Entry, TlsFiles};
 pub use addr::NodeAddr;
 pub use backoff::Backoff;
 pub use commands::{Commands, Publish};
-pub use health::{reason, Connection};
 use health::Health;
+pub use health::{reason, Connection};
 pub use sentinel::watch as watch_sentinels;
 use sentinel::{check_master, Sentinels};
 
@@ -82,8 +82,20 @@ pub enum LinkError {
 pub enum UrlError {
     #[error("{0}: {1}")]
     Address(&'static str, AccessError),
+    /// Names its own variable.
+    #[error("{0}")]
+    Tls(AccessError),
     #[error("AETHER_REDIS_CLUSTER: {0}")]
     Cluster(redis::RedisError),
+}
+
+impl UrlError {
+    fn of(var: &'static str, e: AccessError) -> UrlError {
+        match e {
+            AccessError::TlsFile { .. } => UrlError::Tls(e),
+            other => UrlError::Address(var, other),
+        }
+    }
 }
 
 /// Where the link goes.
@@ -164,13 +176,13 @@ impl RedisLink {
             RedisServers::Single { url } => {
                 let entries = entries("AETHER_REDIS_URL", std::slice::from_ref(url))?;
                 let access = Access::of(&entries, user, password, &tls)
-                    .map_err(|e| UrlError::Address("AETHER_REDIS_URL", e))?;
+                    .map_err(|e| UrlError::of("AETHER_REDIS_URL", e))?;
                 (Target::Single(entries[0].addr.clone()), access)
             }
             RedisServers::Cluster { seeds } => {
                 let entries = entries("AETHER_REDIS_CLUSTER", seeds)?;
                 let access = Access::of(&entries, user, password, &tls)
-                    .map_err(|e| UrlError::Address("AETHER_REDIS_CLUSTER", e))?;
+                    .map_err(|e| UrlError::of("AETHER_REDIS_CLUSTER", e))?;
                 let seeds: Vec<NodeAddr> = entries.into_iter().map(|e| e.addr).collect();
                 let client = cluster_client(&seeds, &access).map_err(UrlError::Cluster)?;
                 (Target::Cluster { client, seeds }, access)
@@ -185,7 +197,7 @@ impl RedisLink {
                     creds.password.as_deref(),
                     &tls,
                 )
-                .map_err(|e| UrlError::Address(var, e))?;
+                .map_err(|e| UrlError::of(var, e))?;
                 // The master speaks TLS when the sentinels do; its
                 // credentials are the data nodes' own, never the URLs'.
                 let master_access = Access::of(
@@ -194,7 +206,7 @@ impl RedisLink {
                     password,
                     &tls,
                 )
-                .map_err(|e| UrlError::Address(var, e))?;
+                .map_err(|e| UrlError::of(var, e))?;
                 let sentinels = Sentinels {
                     list: entries.into_iter().map(|e| e.addr).collect(),
                     access: sentinel_access,
@@ -256,9 +268,9 @@ impl RedisLink {
         match &self.target {
             Target::Single(addr) => Ok(addr.clone()),
             Target::Sentinel(sentinels) => sentinels.master().await,
-            Target::Cluster { .. } => Err(LinkError::Refused(
-                "a cluster has no one server".to_owned(),
-            )),
+            Target::Cluster { .. } => {
+                Err(LinkError::Refused("a cluster has no one server".to_owned()))
+            }
         }
     }
 
@@ -276,7 +288,8 @@ impl RedisLink {
         };
         let client = self.access.client(&addr, protocol)?;
         let settings = push.unwrap_or_else(|| config(TIMEOUT));
-        let mut conn = timed(client.get_multiplexed_async_connection_with_config(&settings)).await?;
+        let mut conn =
+            timed(client.get_multiplexed_async_connection_with_config(&settings)).await?;
         timed(self.name(&mut conn, role)).await?;
         if self.sentinels().is_some() {
             check_master(&mut conn).await?;
@@ -327,9 +340,14 @@ impl RedisLink {
     /// Opens a command connection (not yet in use).
     pub async fn open_command(&self) -> Result<Commands, LinkError> {
         match &self.target {
-            Target::Single(_) | Target::Sentinel(_) => {
+            Target::Single(_) => {
                 let conn = self.open_server(Role::Commands, None).await?;
                 Ok(Commands::Single(conn))
+            }
+            Target::Sentinel(_) => {
+                let mut conn = self.open_server(Role::Commands, None).await?;
+                let lineage = sentinel::lineage(&mut conn).await?;
+                Ok(Commands::Sentinel(conn, lineage.into()))
             }
             Target::Cluster { client, .. } => {
                 let connecting = client.get_async_connection();
@@ -371,7 +389,8 @@ impl RedisLink {
             return self.open_server(Role::PubSub, Some(settings)).await;
         };
         let client = self.access.client(addr, ProtocolVersion::RESP3)?;
-        let mut conn = timed(client.get_multiplexed_async_connection_with_config(&settings)).await?;
+        let mut conn =
+            timed(client.get_multiplexed_async_connection_with_config(&settings)).await?;
         timed(self.name(&mut conn, Role::PubSub)).await?;
         Ok(conn)
     }

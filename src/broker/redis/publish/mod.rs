@@ -312,7 +312,7 @@ async fn send_once(
     invoke: Invoke,
     sent: &mut Sent,
 ) -> Vec<Retry> {
-    let mut pipe = pipeline(&items, retention, way.publish(), invoke);
+    let mut pipe = pipeline(&items, retention, way.publish(), invoke, conn.lineage());
     let wait = way.replicas_to_wait(&items);
     if wait > 0 {
         pipe.cmd("WAIT").arg(wait).arg(REPLICA_WAIT_MS);
@@ -384,6 +384,7 @@ async fn send_alone(conn: &mut Commands, item: Outgoing, retention: Retention) -
             retention,
             Publish::Sharded,
             invoke,
+            conn.lineage(),
         );
         let Some(cmd) = pipe.cmd_iter().next() else {
             return false;
@@ -457,6 +458,7 @@ fn pipeline(
     retention: Retention,
     publish: Publish,
     invoke: Invoke,
+    lineage: &str,
 ) -> redis::Pipeline {
     let mut pipe = redis::Pipeline::with_capacity(items.len());
     // Only used by a route that has no epoch yet; one per pipeline is
@@ -477,6 +479,7 @@ fn pipeline(
                         invoke,
                         publish,
                         fresh,
+                        lineage,
                     },
                 ));
             }
