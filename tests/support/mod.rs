@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod acks;
+pub mod acl;
 pub mod attack;
 pub mod blip;
 pub mod cluster;
@@ -15,6 +16,7 @@ pub mod process;
 pub mod prometheus;
 pub mod raw;
 pub mod redis;
+pub mod sentinel;
 pub mod tls;
 pub mod tokens;
 

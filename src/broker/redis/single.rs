@@ -163,7 +163,6 @@ impl Supervisor {
             let mut switches = link.switches();
             match Listener::open(&link, id, None, messages.inbox).await {
                 Ok(listener) => {
-                    backoff.reset();
                     let lost = self
                         .serve(listener, messages.rx, &mut alarms, &mut switches)
                         .await;
@@ -171,6 +170,11 @@ impl Supervisor {
                     // says so first, so that not ready means publishing
                     // fails too.
                     link.recheck().await;
+                    // A connection that never carried every route (a
+                    // refused SUBSCRIBE) is retried with backoff, not at once.
+                    if link.is_listening() {
+                        backoff.reset();
+                    }
                     link.set_deaf(&lost);
                     metrics::redis_reconnect();
                     tracing::warn!("Redis pub/sub connection lost ({lost}); reconnecting");

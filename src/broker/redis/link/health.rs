@@ -1,6 +1,7 @@
 //! Which of the link's connections is down, and why, in words an operator
 //! can act on: `TLS: …` (a certificate that does not verify, a client
 //! certificate refused), `auth: …` (a wrong password, a disabled user),
+//! `permission: …` (an ACL user without a command the hub needs),
 //! `no master known (…)` (Sentinel), `unreachable: …`. `/readyz`, the
 //! `aether_redis_connection_up` gauge and the supervisors' log lines all
 //! read it from here.
@@ -106,8 +107,10 @@ pub fn reason(why: &LinkError) -> String {
     let text = e.to_string();
     let lower = text.to_lowercase();
     let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
-        || ["WRONGPASS", "NOAUTH", "NOPERM"].contains(&e.code().unwrap_or(""));
-    if auth || lower.contains("wrongpass") || lower.contains("noauth") {
+        || ["WRONGPASS", "NOAUTH"].contains(&e.code().unwrap_or(""));
+    if e.code() == Some("NOPERM") || lower.contains("noperm") {
+        format!("permission: {text} (see the ACL rule in docs/redis-production.md)")
+    } else if auth || lower.contains("wrongpass") || lower.contains("noauth") {
         format!("auth: {text}")
     } else if ["certificate", "tls", "handshake", "alert"]
         .iter()

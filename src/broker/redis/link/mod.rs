@@ -417,6 +417,11 @@ impl RedisLink {
         self.up.load(Ordering::Acquire)
     }
 
+    /// Whether the pub/sub connections carry every wanted route.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+
     /// Whether the instance can take sockets (`/readyz`): it can publish,
     /// and its pub/sub connections carry every route it wants, so a
     /// socket joining now gets its messages.

@@ -47,6 +47,8 @@ use crate::metrics::{self, DropReason};
 use crate::protocol::Encoded;
 use masters::Masters;
 
+/// How often a refused publish is logged at most ([`refused`]).
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Pipelines awaiting Redis's answer at once.
 const PIPELINES_IN_FLIGHT: usize = 16;
 /// Messages per pipeline at most.
@@ -413,6 +415,21 @@ fn unanswered(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
 }
 
+/// Says why Redis refused a publish (a `NOPERM` from an ACL that lacks a
+/// command, `OOM`, …): at most once every [`REFUSAL_LOG_EVERY`], since a
+/// refusal tends to come for every message.
+fn refused(code: &str, details: &str) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let Ok(mut last) = LAST.lock() else {
+        return;
+    };
+    if last.is_some_and(|at| at.elapsed() < REFUSAL_LOG_EVERY) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    tracing::warn!("Redis refused a publish: {code} {details}");
+}
+
 /// `READONLY`: the server is a replica now (a script's write refused
 /// the same way says so in its details).
 fn is_readonly(reply: &Value) -> bool {
@@ -496,7 +513,8 @@ fn pipeline(
 /// Whether the message went out; tells its confirmation (a kept
 /// message's position). A refused one's is dropped: not published.
 fn settle(item: Outgoing, reply: &Value) -> bool {
-    if matches!(reply, Value::ServerError(_)) {
+    if let Value::ServerError(e) = reply {
+        refused(e.code(), e.details().unwrap_or(""));
         return false;
     }
     let position = match item.kept {
