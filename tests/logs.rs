@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -53,14 +52,7 @@ fn stop(hub: &mut Running) -> String {
     signal(&hub.child, libc::SIGTERM);
     let status = wait_exit(&mut hub.child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
-    let mut logs = String::new();
-    hub.child
-        .stderr
-        .take()
-        .expect("stderr is piped")
-        .read_to_string(&mut logs)
-        .expect("read the hub's stderr");
-    logs
+    hub.read_stderr()
 }
 
 fn assert_no_key(logs: &str) {
@@ -222,20 +214,6 @@ fn assert_no_redis_password(what: &str, text: &str) {
     }
 }
 
-/// Kills the hub and returns everything it logged.
-fn kill_for_logs(mut hub: Running) -> String {
-    let _ = hub.child.kill();
-    let _ = hub.child.wait();
-    let mut logs = String::new();
-    hub.child
-        .stderr
-        .take()
-        .expect("stderr is piped")
-        .read_to_string(&mut logs)
-        .expect("read the hub's stderr");
-    logs
-}
-
 /// A session at debug level through a Redis with a password (a URL with
 /// another password, the setting's winning), then a hub whose passwords are
 /// both wrong, which logs and serves its errors, then the same over TLS
@@ -298,7 +276,7 @@ async fn redis_passwords_are_never_logged_or_served() {
     // A few reconnect attempts, each failing.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_no_redis_password("served pages", &served(&refused).await);
-    let logs = kill_for_logs(refused);
+    let logs = refused.kill_for_logs();
     assert!(
         logs.to_lowercase().contains("auth"),
         "the log says nothing of authentication:\n{logs}"

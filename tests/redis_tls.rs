@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -140,20 +139,6 @@ async fn redis_gauges(hub: &Running) -> [f64; 3] {
     ]
 }
 
-/// Kills the real hub and returns everything it logged.
-fn logs_of(mut hub: Running) -> String {
-    let _ = hub.child.kill();
-    let _ = hub.child.wait();
-    let mut logs = String::new();
-    hub.child
-        .stderr
-        .take()
-        .expect("stderr is piped")
-        .read_to_string(&mut logs)
-        .expect("read the hub's stderr");
-    logs
-}
-
 /// The real binary with `env`, its log at the default level (info) piped
 /// to the test, once it listens (ready or not).
 async fn real_hub(env: &[(&str, &str)]) -> Running {
@@ -275,7 +260,7 @@ async fn without_the_ca_the_hub_stays_not_ready_and_says_why() {
     let body = stays_not_ready_saying(real.addr, &["TLS", "certificate"]).await;
     assert!(!body.contains(PASSWORD), "{body}");
     assert_eq!(redis_gauges(&real).await, [0.0, 0.0, 0.0]);
-    let logs = logs_of(real);
+    let logs = real.kill_for_logs();
     assert!(
         logs.lines().any(|l| says(l, &["certificate"])),
         "no log line says it is the certificate:\n{logs}"
@@ -363,7 +348,7 @@ async fn a_wrong_password_keeps_the_hub_not_ready_and_says_auth() {
     .await;
     let body = stays_not_ready_saying(real.addr, &["auth"]).await;
     assert!(!body.contains(WRONG_PASSWORD), "{body}");
-    let logs = logs_of(real);
+    let logs = real.kill_for_logs();
     assert!(
         logs.lines().any(|l| says(l, &["auth"])),
         "no log line says it is authentication:\n{logs}"
@@ -656,7 +641,7 @@ async fn tls_files_that_do_not_load_stop_start_up() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let stopped = status.is_some_and(|s| !s.success());
-        let logs = logs_of(hub);
+        let logs = hub.kill_for_logs();
         let first = logs.lines().next().unwrap_or_default().to_owned();
         if !stopped || !logs.contains(named) {
             wrong.push(format!("{env:?}: stopped {stopped}, said: {first}"));

@@ -3,13 +3,13 @@
 //! test binary, so the kernel kills them when the binary ends
 //! (`PR_SET_PDEATHSIG`), even when no destructor runs.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Secured, CLUSTER_TIMEOUT};
+use super::super::process::spawn_kept;
 
 /// How long a node of the formed cluster waits before it calls a silent
 /// peer failed: short, so that failovers take a second or two.
@@ -202,40 +202,6 @@ fn tail(path: &std::path::Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Starts `command` from one thread that lives as long as the test binary,
-/// with `PR_SET_PDEATHSIG`: the kernel kills the child when that thread,
-/// hence the binary, ends, even when no destructor runs.
-fn spawn_kept(mut command: Command) -> Child {
-    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (requests, incoming) = mpsc::channel::<Request>();
-        std::thread::spawn(move || {
-            for (mut command, reply) in incoming {
-                let _ = reply.send(command.spawn());
-            }
-            // Never returns while the binary runs: the sender is static.
-        });
-        Mutex::new(requests)
-    });
-    // SAFETY: prctl is async-signal-safe and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let (reply, answer) = mpsc::channel();
-    spawner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((command, reply))
-        .expect("the spawner thread runs");
-    answer
-        .recv()
-        .expect("the spawner answers")
-        .expect("start redis-server/redis-cli (Debian's redis-server package)")
-}
 
 fn wait_listening(port: u16) {
     let deadline = Instant::now() + super::super::TIMEOUT;
