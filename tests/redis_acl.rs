@@ -756,7 +756,7 @@ async fn sentinel_mode_needs_exactly_the_documented_rules() {
     }
     let listening: Vec<_> = on_sentinels
         .iter()
-        .filter(|c| c.cmd == "subscribe" && c.user == DOC_USER)
+        .filter(|c| c.subscriptions == 1 && c.user == DOC_USER)
         .collect();
     assert!(listening.len() >= 2, "{on_sentinels:?}");
     let mut master = sentinels.master_client().await;

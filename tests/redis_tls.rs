@@ -21,7 +21,7 @@ use std::time::Duration;
 use aether_hub::Config;
 use serde_json::json;
 use support::cluster::{key_slot, Cluster, SHARED_PASSWORD};
-use support::history::{cmd, next_message, offset, position, resume, routed};
+use support::history::{next_message, resume_after_missing};
 use support::process::{launch, spawn_hub, Running};
 use support::redis::{smembers, RedisOptions, RedisServer};
 use support::tls::TestCa;
@@ -216,29 +216,7 @@ async fn presence_is_shared_over_tls() {
 async fn a_worker_resumes_with_what_it_missed_over_tls() {
     let redis = tls_redis();
     let (a, b) = (tls_hub(&redis, |_| {}).await, tls_hub(&redis, |_| {}).await);
-    let mut controller = b.connect("line", "planner").await;
-    let mut observer = b.connect("line", "observer").await;
-    let mut worker = a.connect("line", "robot").await;
-    controller.send(cmd(0)).await;
-    let seen = position(&next_message(&mut worker).await);
-    worker.close().await;
-
-    for n in 1..=3 {
-        controller.send(cmd(n)).await;
-    }
-    routed(&mut observer, 4).await;
-    let mut worker = resume(&a, "line", "robot", &format!("since_group={seen}")).await;
-    for n in 1..=3u64 {
-        let m = next_message(&mut worker).await;
-        assert_eq!(m["cmd"], format!("step-{n}"));
-        assert_eq!(offset(&m), n + 1);
-    }
-    let summary = next_message(&mut worker).await;
-    assert_eq!(summary["msg_type"], "recovery");
-    assert_eq!(summary["payload"]["group"]["recovered"], true);
-    assert_eq!(summary["payload"]["group"]["missed"], 3);
-    controller.send(cmd(4)).await;
-    assert_eq!(offset(&next_message(&mut worker).await), 5);
+    resume_after_missing(&a, &b, &a, 3).await;
 }
 
 /// Without `AETHER_REDIS_TLS_CA_FILE` the hub checks the certificate

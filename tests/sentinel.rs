@@ -5,10 +5,12 @@
 //! share routing and presence through it, and follow it when it changes:
 //! after a `kill -9` (the promoted replica; the old master, when it comes
 //! back as a replica, gets no hub connection), after a `kill -9` whose
-//! replica had fallen behind (a real loss, made on purpose), and after a
-//! manual `SENTINEL FAILOVER`. Under acknowledged traffic with resuming
-//! clients, every message acknowledged `ok` once the hubs are ready again
-//! is delivered, and a resuming client is told `recovered: true` only when
+//! replica had fallen behind (a real loss, made on purpose), after a
+//! manual `SENTINEL FAILOVER`, and after one they hear no event of (their
+//! sentinel user may not `SUBSCRIBE`: they find the demoted master out by
+//! probing `ROLE`). Under acknowledged traffic with resuming clients,
+//! every message acknowledged `ok` once the hubs are ready again is
+//! delivered, and a resuming client is told `recovered: true` only when
 //! nothing is missing. What a failover loses (acknowledged by the old
 //! master, never replicated) is counted and printed, not forbidden: Redis
 //! replicates asynchronously. The tests run one at a time: the metrics
@@ -20,12 +22,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aether_hub::Config;
 use futures_util::{SinkExt, StreamExt};
+use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use support::acks::{group_cmd, is_ack, send_acked};
+use support::acl::{self, Rule, DOC_USER};
 use support::history::{next_message, resume};
 use support::redis::{client_names, smembers};
-use support::sentinel::{connect, Sentinels, FAILOVER_TIMEOUT};
+use support::sentinel::{connect, Role, Sentinels, FAILOVER_TIMEOUT};
 use support::{eventually, Client, Event, TestHub, TIMEOUT};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -64,12 +69,18 @@ impl Findings {
 
 /// A hub that knows only the sentinels and the master's name, once ready.
 async fn hub(redis: &Sentinels, instance: &str) -> TestHub {
+    hub_with(redis, instance, |_| {}).await
+}
+
+/// [`hub`], with `adjust` applied to its settings.
+async fn hub_with(redis: &Sentinels, instance: &str, adjust: impl FnOnce(&mut Config)) -> TestHub {
     let (sentinels, master) = (redis.sentinel_addrs(), redis.master_name());
     let hub = TestHub::with(|c| {
         c.redis_sentinels = sentinels;
         c.redis_sentinel_master = Some(master);
         c.instance_id = instance.to_owned();
         c.history_size = HISTORY;
+        adjust(c);
     })
     .await;
     hub.wait_ready(200).await;
@@ -94,6 +105,46 @@ async fn hub_connections_on(port: u16) -> Option<HashSet<String>> {
             .filter(|n| n.starts_with("aether:"))
             .collect(),
     )
+}
+
+/// How many cmds sent in `[from, to)` were acknowledged `status`.
+fn acked(sent: &[Sent], from: Instant, to: Instant, status: &str) -> usize {
+    sent.iter()
+        .filter(|s| s.at >= from && s.at < to && s.ack["status"] == status)
+        .count()
+}
+
+/// The acknowledgements of the cmds sent in `[from, to)`, by status.
+fn statuses(sent: &[Sent], from: Instant, to: Instant) -> String {
+    format!(
+        "{} ok, {} failed, {} unconfirmed",
+        acked(sent, from, to, "ok"),
+        acked(sent, from, to, "failed"),
+        acked(sent, from, to, "unconfirmed")
+    )
+}
+
+/// A watch for a wait on `old` (the fixture calls it every poll), and the
+/// hub connections it saw there: the hubs must not go back to a master
+/// the sentinels replaced.
+#[allow(clippy::type_complexity)]
+fn stray_watch(
+    old: u16,
+) -> (
+    impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    Arc<Mutex<HashSet<String>>>,
+) {
+    let strays = Arc::new(Mutex::new(HashSet::new()));
+    let seen = Arc::clone(&strays);
+    let watch = move || {
+        let seen = Arc::clone(&seen);
+        Box::pin(async move {
+            if let Some(names) = hub_connections_on(old).await {
+                seen.lock().unwrap().extend(names);
+            }
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    };
+    (watch, strays)
 }
 
 /// Two hubs through Sentinel: ready, a cmd from a controller on one hub
@@ -607,19 +658,7 @@ async fn kill_the_master_under_traffic(lag: bool) {
     let lost_live = missing(&sent, began, killed_at, &heard);
     let while_down = missing(&sent, killed_at, ready_at, &heard);
     let after_ready = missing(&sent, ready_at, now, &heard);
-    let count = |from: Instant, to: Instant, status: &str| {
-        sent.iter()
-            .filter(|s| s.at >= from && s.at < to && s.ack["status"] == status)
-            .count()
-    };
-    let statuses = |from, to| {
-        format!(
-            "{} ok, {} failed, {} unconfirmed",
-            count(from, to, "ok"),
-            count(from, to, "failed"),
-            count(from, to, "unconfirmed")
-        )
-    };
+    let statuses = |from, to| statuses(&sent, from, to);
     eprintln!(
         "{label}: {} cmds; before the kill {}; until ready {}; after ready {}",
         sent.len(),
@@ -641,7 +680,7 @@ async fn kill_the_master_under_traffic(lag: bool) {
             "acknowledged ok after the hubs were ready again but never delivered: {after_ready:?}"
         )
     });
-    found.check(count(ready_at, now, "ok") >= 50, || {
+    found.check(acked(&sent, ready_at, now, "ok") >= 50, || {
         format!(
             "little traffic after the failover: {}",
             statuses(ready_at, now)
@@ -654,19 +693,9 @@ async fn kill_the_master_under_traffic(lag: bool) {
 
     // The old master comes back, empty and claiming to be a master, until
     // the sentinels make it a replica: no hub connects to it meanwhile.
-    let strays = Arc::new(Mutex::new(HashSet::new()));
-    let seen = Arc::clone(&strays);
     let back_at = Instant::now();
-    redis
-        .restart_as_replica(old, move || {
-            let seen = Arc::clone(&seen);
-            async move {
-                if let Some(names) = hub_connections_on(old).await {
-                    seen.lock().unwrap().extend(names);
-                }
-            }
-        })
-        .await;
+    let (watch, strays) = stray_watch(old);
+    redis.restart_as_replica(old, watch).await;
     eprintln!(
         "{label}: the old master was a replica {} ms after its restart",
         back_at.elapsed().as_millis()
@@ -792,19 +821,9 @@ async fn a_manual_failover_is_followed_with_nothing_lost_after_ready() {
     );
     // The demoted master stays a master until the sentinels convert it:
     // no hub goes back to it meanwhile.
-    let strays = Arc::new(Mutex::new(HashSet::new()));
-    let seen = Arc::clone(&strays);
     let demoted_at = Instant::now();
-    redis
-        .wait_replica(old, move || {
-            let seen = Arc::clone(&seen);
-            async move {
-                if let Some(names) = hub_connections_on(old).await {
-                    seen.lock().unwrap().extend(names);
-                }
-            }
-        })
-        .await;
+    let (watch, strays) = stray_watch(old);
+    redis.wait_replica(old, watch).await;
     eprintln!(
         "manual failover: the old master was a replica {} ms after the hubs moved",
         demoted_at.elapsed().as_millis()
@@ -819,5 +838,272 @@ async fn a_manual_failover_is_followed_with_nothing_lost_after_ready() {
         format!("{FAILOVERS} rose by {counted} for one master change seen by two hubs")
     });
     still_routes(&mut found, &mut ctl, far.client.take()).await;
+    found.assert_none();
+}
+
+/// The hubs' password on the sentinels in the test of a failover they hear
+/// no event of.
+const DEAF_PASSWORD: &str = "deaf-sentinel-pw-7c31";
+/// How long the hubs are left on the old master once the sentinels agree
+/// on the new one: long after `+switch-master` would have moved them (a
+/// few ms in the manual failover test), long before the sentinels would
+/// demote it themselves (some 15 s).
+const UNHEARD: Duration = Duration::from_secs(2);
+/// The longest the hubs may take to leave a demoted master they heard
+/// nothing of: they probe `ROLE` every second.
+const PROBED_WITHIN: Duration = Duration::from_secs(3);
+
+/// What the sentinels refused the hubs' user (`reason object` → times,
+/// from `ACL LOG`), summed over the sentinels.
+async fn refused_on_sentinels(conns: &mut [MultiplexedConnection]) -> HashMap<String, i64> {
+    let mut refused = HashMap::new();
+    for conn in conns {
+        for denial in acl::denials(conn).await {
+            if denial.username == DOC_USER {
+                *refused
+                    .entry(format!("{} {}", denial.reason, denial.object))
+                    .or_default() += denial.count;
+            }
+        }
+    }
+    refused
+}
+
+/// The connections of `user` on a sentinel (`CLIENT LIST`): how many,
+/// and how many are subscribed to a channel or a pattern.
+async fn connections_of(conn: &mut MultiplexedConnection, user: &str) -> (usize, usize) {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .expect("CLIENT LIST");
+    let field = |line: &str, name: &str| -> String {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let theirs: Vec<&str> = list.lines().filter(|l| field(l, "user") == user).collect();
+    let subscribed = theirs
+        .iter()
+        .filter(|l| field(l, "sub") != "0" || field(l, "psub") != "0")
+        .count();
+    (theirs.len(), subscribed)
+}
+
+/// Polls (bounded) until every connection in `want` is on the node at
+/// `new` and none is on `old`; returns when each was first seen on `new`.
+async fn wait_moved(old: u16, new: u16, want: &HashSet<String>) -> HashMap<String, Instant> {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut first = HashMap::new();
+    loop {
+        let (on_new, on_old) = (hub_connections_on(new).await, hub_connections_on(old).await);
+        let now = Instant::now();
+        for name in on_new.iter().flatten() {
+            first.entry(name.clone()).or_insert(now);
+        }
+        if on_new.as_ref() == Some(want) && on_old == Some(HashSet::new()) {
+            return first;
+        }
+        assert!(
+            now < deadline,
+            "the hub connections never all moved: on the new master {on_new:?}, on the old {on_old:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A failover the hubs hear no event of: their user on the sentinels (the
+/// documented one without `+subscribe`) may ask for the master but not
+/// `SUBSCRIBE`, so `+switch-master` never reaches them (the sentinels' `ACL
+/// LOG` shows the refusal, and nothing else refused). After `SENTINEL
+/// FAILOVER` the old master is alive and still a master: the hubs stay on
+/// it (what it acknowledges meanwhile is delivered, and counted: the
+/// sentinels send nobody there any more). Then it is demoted with
+/// `REPLICAOF`, as the sentinels would, but without their `CLIENT KILL
+/// TYPE normal`, which would close the hubs' connections and so tell them:
+/// only `ROLE` (probed every second) and publishes answered `READONLY`
+/// (probe at once) can. Both hubs move both connections to the new master
+/// within [`PROBED_WITHIN`], none stays on the old one, each counts one
+/// failover, and every cmd acknowledged `ok` (before the demotion, after
+/// it, after the hubs are ready) reaches the worker, once and in order.
+#[tokio::test]
+async fn a_failover_no_event_announces_is_followed_by_probing_the_role() {
+    let _serial = SERIAL.lock().await;
+    let began = Instant::now();
+    let redis = Sentinels::start().await;
+    let documented = acl::rule(Rule::SentinelUser, "", DEAF_PASSWORD);
+    let user = acl::without(&documented, "+subscribe");
+    let mut watchers = Vec::new();
+    for port in redis.sentinel_ports() {
+        let mut conn = redis.client(port).await;
+        acl::set_user(&mut conn, DOC_USER, &user).await;
+        acl::reset_log(&mut conn).await;
+        watchers.push(conn);
+    }
+    let deaf = |c: &mut Config| {
+        c.redis_sentinel_username = Some(DOC_USER.into());
+        c.redis_sentinel_password = Some(DEAF_PASSWORD.into());
+    };
+    let (a, b) = (
+        hub_with(&redis, "qa", deaf).await,
+        hub_with(&redis, "qb", deaf).await,
+    );
+    // Ready: they found the master through the sentinels. Their
+    // subscription to the sentinels' events is refused, and only that.
+    let deadline = Instant::now() + TIMEOUT;
+    let refused = loop {
+        let refused = refused_on_sentinels(&mut watchers).await;
+        if refused.get("command subscribe").is_some_and(|&n| n >= 2) {
+            break refused;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sentinels never refused the hubs' SUBSCRIBE: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused.len(), 1, "refused more than SUBSCRIBE: {refused:?}");
+    let (mut open, mut subscribed) = (0, 0);
+    for conn in &mut watchers {
+        let (n, listening) = connections_of(conn, DOC_USER).await;
+        open += n;
+        subscribed += listening;
+    }
+    assert_eq!(subscribed, 0, "a hub is subscribed on a sentinel");
+    eprintln!(
+        "no event: SUBSCRIBE refused {} times; hub connections open on the sentinels, \
+         subscribed to nothing: {open}",
+        refused["command subscribe"]
+    );
+
+    let failovers = a.metric(FAILOVERS).await;
+    let worker = Listener::start(b.connect(GROUP, "worker").await);
+    let traffic = Traffic::start(a.connect(GROUP, "ctl").await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let want: HashSet<String> = connection_names("qa")
+        .into_iter()
+        .chain(connection_names("qb"))
+        .collect();
+    let old = redis.master_port().await;
+    let asked_at = Instant::now();
+    let new = redis.failover().await;
+    let agreed_at = Instant::now();
+    tokio::time::sleep(UNHEARD).await;
+    // Nothing told the hubs: all still on the old master, a master still.
+    assert_eq!(
+        redis.role(old).await,
+        Some(Role::Master),
+        "the sentinels demoted {old} already"
+    );
+    assert_eq!(
+        hub_connections_on(old).await.as_ref(),
+        Some(&want),
+        "the hubs left the old master before its demotion: they heard of the failover"
+    );
+    assert_eq!(
+        hub_connections_on(new).await,
+        Some(HashSet::new()),
+        "hub connections on the new master before the old one's demotion"
+    );
+    assert_eq!(
+        a.metric(FAILOVERS).await,
+        failovers,
+        "a failover counted before the demotion"
+    );
+
+    redis.demote(old, new).await;
+    let demoted_at = Instant::now();
+    let role = redis.role(old).await;
+    assert!(
+        matches!(role, Some(Role::Replica { master_port, .. }) if master_port == new),
+        "{old} after REPLICAOF {new}: {role:?}"
+    );
+    let first_seen = wait_moved(old, new, &want).await;
+    let moved_at = Instant::now();
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+    let ready_at = Instant::now();
+    let since_demotion = |at: Instant| at.saturating_duration_since(demoted_at).as_millis();
+    let mut each: Vec<String> = first_seen
+        .iter()
+        .map(|(name, at)| format!("{name} {} ms", since_demotion(*at)))
+        .collect();
+    each.sort();
+    eprintln!(
+        "no event: sentinels agreed {} ms after SENTINEL FAILOVER; the hubs stayed on the old \
+         master {} ms more; after its demotion they moved in {} ms ({}), ready in {} ms",
+        agreed_at.duration_since(asked_at).as_millis(),
+        demoted_at.duration_since(agreed_at).as_millis(),
+        since_demotion(moved_at),
+        each.join(", "),
+        since_demotion(ready_at)
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut ctl, sent) = traffic.finish().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut worker = worker.finish().await;
+
+    let mut found = Findings::default();
+    found.check(worker.closed.is_none(), || {
+        format!("the worker's socket closed: {:?}", worker.closed)
+    });
+    once_in_order(&mut found, "the worker", &worker);
+    let got: HashSet<u64> = worker.cmds().into_iter().collect();
+    let now = Instant::now();
+    let statuses = |from, to| statuses(&sent, from, to);
+    eprintln!(
+        "no event: {} cmds; before the failover {}; until the demotion {}; \
+         from the demotion until ready {}; after ready {}",
+        sent.len(),
+        statuses(began, asked_at),
+        statuses(asked_at, demoted_at),
+        statuses(demoted_at, ready_at),
+        statuses(ready_at, now)
+    );
+    eprintln!(
+        "no event: acknowledged ok by the old master after the sentinels had named the new \
+         one (its data is replaced when it becomes a replica): {}",
+        acked(&sent, agreed_at, demoted_at, "ok")
+    );
+    let before = missing(&sent, began, demoted_at, &got);
+    found.check(before.is_empty(), || {
+        format!("acknowledged ok before the demotion (both hubs on the old master) but never delivered: {before:?}")
+    });
+    let after_demotion = missing(&sent, demoted_at, now, &got);
+    found.check(after_demotion.is_empty(), || {
+        format!("acknowledged ok after the old master became a replica but never delivered: {after_demotion:?}")
+    });
+    let after_ready = missing(&sent, ready_at, now, &got);
+    found.check(after_ready.is_empty(), || {
+        format!("acknowledged ok after the hubs were ready on the new master but never delivered: {after_ready:?}")
+    });
+    found.check(acked(&sent, ready_at, now, "ok") >= 50, || {
+        format!(
+            "little traffic after the switch: {}",
+            statuses(ready_at, now)
+        )
+    });
+    found.check(moved_at.duration_since(demoted_at) <= PROBED_WITHIN, || {
+        format!(
+            "the hubs left the demoted master after {} ms (ROLE is probed every second)",
+            since_demotion(moved_at)
+        )
+    });
+    let (on_new, on_old) = (hub_connections_on(new).await, hub_connections_on(old).await);
+    found.check(on_new.as_ref() == Some(&want), || {
+        format!("hub connections on the new master: {on_new:?}, want {want:?}")
+    });
+    found.check(on_old == Some(HashSet::new()), || {
+        format!("hub connections on the demoted master: {on_old:?}")
+    });
+    let refused = refused_on_sentinels(&mut watchers).await;
+    eprintln!("no event: the sentinels refused the hubs' user, in all: {refused:?}");
+    let counted = a.metric(FAILOVERS).await - failovers;
+    eprintln!("no event: {FAILOVERS} rose by {counted} (two hubs)");
+    found.check(counted == 2.0, || {
+        format!("{FAILOVERS} rose by {counted} for one master change seen by two hubs")
+    });
+    still_routes(&mut found, &mut ctl, worker.client.take()).await;
     found.assert_none();
 }

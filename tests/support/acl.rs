@@ -264,6 +264,8 @@ pub struct ClientLine {
     pub user: String,
     /// The last command it ran (`subscribe`, `client|setname`, …).
     pub cmd: String,
+    /// Channels it is subscribed to.
+    pub subscriptions: u32,
 }
 
 /// `CLIENT LIST`.
@@ -286,6 +288,7 @@ pub async fn clients(conn: &mut MultiplexedConnection) -> Vec<ClientLine> {
                 name: field("name"),
                 user: field("user"),
                 cmd: field("cmd"),
+                subscriptions: field("sub").parse().unwrap_or(0),
             }
         })
         .collect()

@@ -139,3 +139,49 @@ pub async fn replay_skips_own_messages(front: &TestHub, back: &TestHub) {
     assert_eq!(group["missed"], 2);
     assert_eq!(group["offset"], 4);
 }
+
+/// The worker's side of a resume across instances: a worker on `first`
+/// sees cmd 0 from a controller on `other`, leaves, misses `missed` cmds,
+/// and resumes on `again` with `since_group`: it gets exactly those, in
+/// order, then the summary (`recovered: true`, `missed`), then cmd
+/// `missed + 1` live with the next offset (no duplicate, no gap), and
+/// nothing more. Returns
+/// the resumed worker, the position it resumed from and the summary's
+/// payload, for what a caller checks beyond.
+pub async fn resume_after_missing(
+    first: &TestHub,
+    other: &TestHub,
+    again: &TestHub,
+    missed: u64,
+) -> (Client, String, Value) {
+    let mut controller = other.connect("line", "planner").await;
+    let mut observer = other.connect("line", "observer").await;
+    let mut worker = first.connect("line", "robot").await;
+    controller.send(cmd(0)).await;
+    let seen = position(&next_message(&mut worker).await);
+    worker.close().await;
+    for n in 1..=missed {
+        controller.send(cmd(n)).await;
+    }
+    routed(&mut observer, missed as usize + 1).await;
+    let mut worker = resume(again, "line", "robot", &format!("since_group={seen}")).await;
+    for n in 1..=missed {
+        let m = next_message(&mut worker).await;
+        assert_eq!(m["cmd"], format!("step-{n}"));
+        assert_eq!(offset(&m), n + 1);
+    }
+    let summary = next_message(&mut worker).await;
+    assert_eq!(summary["msg_type"], "recovery");
+    assert_eq!(summary["payload"]["group"]["recovered"], true);
+    assert_eq!(summary["payload"]["group"]["missed"], missed);
+    controller.send(cmd(missed + 1)).await;
+    assert_eq!(
+        offset(&next_message(&mut worker).await),
+        missed + 2,
+        "no duplicate, no gap"
+    );
+    worker
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await;
+    (worker, seen, summary["payload"].clone())
+}

@@ -9,7 +9,8 @@
 //! [`Sentinels::master_port`] is what they answer, [`Sentinels::role`] is
 //! what a node says of itself (`ROLE`). It can SIGKILL a node, wait until
 //! every sentinel agrees on a promoted replica, run a manual `SENTINEL
-//! FAILOVER`, and restart a killed node on its port (it comes back empty
+//! FAILOVER` (and demote the old master itself, [`Sentinels::demote`],
+//! without the sentinels' closing of its clients), and restart a killed node on its port (it comes back empty
 //! and believing it is a master, as after a crash, until the sentinels
 //! convert it into a replica of the new master; the restart waits for
 //! that, as [`Sentinels::wait_replica`] does for a master demoted by a
@@ -19,13 +20,13 @@
 //! Every wait is bounded: [`FAILOVER_TIMEOUT`] and [`REJOIN_TIMEOUT`] for
 //! what the sentinels do, [`TIMEOUT`](super::TIMEOUT) for the rest.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+
+use super::process::spawn_kept;
 
 /// The longest the sentinels may take to agree on a new master (some 2 s
 /// here after a kill, 1 s for `SENTINEL FAILOVER`).
@@ -340,6 +341,19 @@ impl Sentinels {
         self.wait_for_failover(old).await
     }
 
+    /// Makes the data node at `port` a replica of the one at `master`
+    /// (`REPLICAOF`), as the sentinels demote an old master, but without
+    /// the `CLIENT KILL TYPE normal` they send with it: its clients stay
+    /// connected to what is now a replica. Returns once it answered.
+    pub async fn demote(&self, port: u16, master: u16) {
+        let _: () = query(
+            redis::cmd("REPLICAOF").arg("127.0.0.1").arg(master),
+            &mut self.client(port).await,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("REPLICAOF on {port}: {e}"));
+    }
+
     /// Starts the killed data node at `port` again, empty and with its
     /// old config (so it first claims to be a master, as a crashed master
     /// does), and waits until the sentinels have made it a replica of the
@@ -546,39 +560,4 @@ fn remove_stale_dirs() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-}
-
-/// Starts `command` from one thread that lives as long as the test binary,
-/// with `PR_SET_PDEATHSIG`: the kernel kills the child when that thread,
-/// hence the binary, ends, even when no destructor runs. (Not from the
-/// calling thread: a runtime's worker may end before the fixture does.)
-fn spawn_kept(mut command: Command) -> Child {
-    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (requests, incoming) = mpsc::channel::<Request>();
-        std::thread::spawn(move || {
-            for (mut command, reply) in incoming {
-                let _ = reply.send(command.spawn());
-            }
-        });
-        Mutex::new(requests)
-    });
-    // SAFETY: prctl is async-signal-safe and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let (reply, answer) = mpsc::channel();
-    spawner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((command, reply))
-        .expect("the spawner thread runs");
-    answer
-        .recv()
-        .expect("the spawner answers")
-        .expect("start redis-server (Debian's redis-server package)")
 }

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Secured, CLUSTER_TIMEOUT};
 use super::super::process::spawn_kept;
+use super::{Secured, CLUSTER_TIMEOUT};
 
 /// How long a node of the formed cluster waits before it calls a silent
 /// peer failed: short, so that failovers take a second or two.
@@ -201,7 +201,6 @@ fn tail(path: &std::path::Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
-
 
 fn wait_listening(port: u16) {
     let deadline = Instant::now() + super::super::TIMEOUT;

@@ -11,9 +11,8 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use redis::aio::ConnectionLike;
-use redis::{ProtocolVersion, Value};
+use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 
 use super::{config, timed, Access, Backoff, LinkError, NodeAddr, RedisLink, TIMEOUT};
 
@@ -86,16 +85,26 @@ pub async fn lineage(conn: &mut impl ConnectionLike) -> Result<String, LinkError
 
 /// Listens for `+switch-master` of our master on the sentinels, one at a
 /// time, for as long as the link lives; each event moves the link
-/// ([`RedisLink::master_switched`]).
+/// ([`RedisLink::master_switched`]). A sentinel that refuses the
+/// subscription (an ACL user without `+subscribe`) is logged and the next
+/// one tried: without events the hub would only find a new master when
+/// the old one fails it.
 pub async fn watch(link: Arc<RedisLink>) {
     let Some(sentinels) = link.sentinels() else {
         return;
     };
     let mut backoff = Backoff::default();
+    let mut last_failure = String::new();
     for sentinel in sentinels.list.iter().cycle() {
         match listen(&link, sentinels, sentinel).await {
             Ok(()) => backoff.reset(),
-            Err(e) => tracing::debug!(%sentinel, "sentinel events unavailable ({e})"),
+            Err(e) => {
+                let why = super::reason(&e);
+                if why != last_failure {
+                    tracing::warn!(%sentinel, "no failover events from this sentinel ({why})");
+                    last_failure = why;
+                }
+            }
         }
         if Arc::strong_count(&link) == 1 {
             return; // the hub stopped
@@ -104,26 +113,58 @@ pub async fn watch(link: Arc<RedisLink>) {
     }
 }
 
-/// Follows one sentinel's events until its connection ends.
+/// How often the events connection to a sentinel is probed (a half-open
+/// connection would otherwise wait for events forever).
+const SENTINEL_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Follows one sentinel's events until its connection ends or fails.
 async fn listen(
     link: &RedisLink,
     sentinels: &Sentinels,
     sentinel: &NodeAddr,
 ) -> Result<(), LinkError> {
-    let client = sentinels.access.client(sentinel, ProtocolVersion::RESP2)?;
-    let mut pubsub = timed(client.get_async_pubsub()).await?;
-    timed(pubsub.subscribe("+switch-master")).await?;
-    let mut events = pubsub.on_message();
-    while let Some(msg) = events.next().await {
-        let Ok(text) = msg.get_payload::<String>() else {
-            continue;
-        };
-        // "<name> <old host> <old port> <new host> <new port>"
-        let mut words = text.split_whitespace();
-        if words.next() == Some(sentinels.name.as_str()) {
-            tracing::info!(%sentinel, "sentinel: +switch-master {text}");
-            link.master_switched();
+    let (pushes, mut incoming) = tokio::sync::mpsc::unbounded_channel();
+    let push = move |push: PushInfo| -> Result<(), ()> {
+        let _ = pushes.send(push);
+        Ok(())
+    };
+    let client = sentinels.access.client(sentinel, ProtocolVersion::RESP3)?;
+    let settings = config(TIMEOUT).set_push_sender(push);
+    let mut conn = timed(client.get_multiplexed_async_connection_with_config(&settings)).await?;
+    let mut subscribe = redis::Pipeline::new();
+    subscribe.cmd("SUBSCRIBE").arg(SWITCH_MASTER);
+    // An error reply is an answer, not an error, to redis-rs.
+    let replies = timed(conn.send_packed_commands(&subscribe, 0, 1)).await?;
+    if let Some(Value::ServerError(e)) = replies.first() {
+        let details = e.details().unwrap_or("");
+        let why = format!("SUBSCRIBE {SWITCH_MASTER} refused: {} {details}", e.code());
+        return Err(LinkError::Refused(why));
+    }
+    let mut probe = tokio::time::interval(SENTINEL_PROBE_EVERY);
+    loop {
+        tokio::select! {
+            _ = probe.tick() => super::ping(&mut conn).await?,
+            push = incoming.recv() => match push {
+                Some(push) if push.kind == PushKind::Message => on_event(link, sentinels, sentinel, push),
+                Some(push) if push.kind == PushKind::Disconnection => return Err(LinkError::Closed),
+                Some(_) => {}
+                None => return Err(LinkError::Closed),
+            },
         }
     }
-    Ok(())
+}
+
+/// The channel on which sentinels announce a new master.
+const SWITCH_MASTER: &str = "+switch-master";
+
+fn on_event(link: &RedisLink, sentinels: &Sentinels, sentinel: &NodeAddr, push: PushInfo) {
+    let Some(text) = redis::Msg::from_push_info(push).and_then(|m| m.get_payload::<String>().ok())
+    else {
+        return;
+    };
+    // "<name> <old host> <old port> <new host> <new port>"
+    if text.split_whitespace().next() == Some(sentinels.name.as_str()) {
+        tracing::info!(%sentinel, "sentinel: +switch-master {text}");
+        link.master_switched();
+    }
 }
