@@ -345,9 +345,8 @@ impl RedisLink {
                 Ok(Commands::Single(conn))
             }
             Target::Sentinel(_) => {
-                let mut conn = self.open_server(Role::Commands, None).await?;
-                let lineage = sentinel::lineage(&mut conn).await?;
-                Ok(Commands::Sentinel(conn, lineage.into()))
+                let conn = self.open_server(Role::Commands, None).await?;
+                Commands::master(conn).await
             }
             Target::Cluster { client, .. } => {
                 let connecting = client.get_async_connection();

@@ -71,18 +71,6 @@ pub async fn check_master(conn: &mut impl ConnectionLike) -> Result<(), LinkErro
     }
 }
 
-/// The master's replication ID (`INFO replication`: `master_replid`): a
-/// promoted replica takes a new one, so it tells one master's numbering
-/// from the next (`history.rs`, `NUMBER`).
-pub async fn lineage(conn: &mut impl ConnectionLike) -> Result<String, LinkError> {
-    let info: String = timed(redis::cmd("INFO").arg("replication").query_async(conn)).await?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("master_replid:"))
-        .map(|id| id.trim().to_owned())
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| LinkError::Refused("INFO replication has no master_replid".to_owned()))
-}
-
 /// Listens for `+switch-master` of our master on the sentinels, one at a
 /// time, for as long as the link lives; each event moves the link
 /// ([`RedisLink::master_switched`]). A sentinel that refuses the

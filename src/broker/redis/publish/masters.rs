@@ -7,16 +7,17 @@
 //! does not depend on the cluster client knowing the master yet: redis-rs
 //! only routes to a node it already holds a connection to, and it learns
 //! of a promoted replica only when one of its own commands is redirected.
+//! Each connection knows its master's lineage, so that the numbering of
+//! kept messages starts a new epoch on a promoted replica
+//! (`history.rs`, `NUMBER`).
 
 use std::collections::HashMap;
-
-use redis::aio::MultiplexedConnection;
 
 use crate::broker::redis::link::{Commands, NodeAddr, RedisLink, Role, TIMEOUT};
 
 #[derive(Default)]
 pub struct Masters {
-    conns: HashMap<NodeAddr, MultiplexedConnection>,
+    conns: HashMap<NodeAddr, Commands>,
 }
 
 impl Masters {
@@ -24,12 +25,16 @@ impl Masters {
     /// be reached.
     pub async fn get(&mut self, link: &RedisLink, master: &NodeAddr) -> Option<Commands> {
         if let Some(conn) = self.conns.get(master) {
-            return Some(Commands::Single(conn.clone()));
+            return Some(conn.clone());
         }
-        match link.open_node(master, TIMEOUT, Role::Publish).await {
+        let opened = match link.open_node(master, TIMEOUT, Role::Publish).await {
+            Ok(conn) => Commands::master(conn).await,
+            Err(e) => Err(e.into()),
+        };
+        match opened {
             Ok(conn) => {
                 self.conns.insert(master.clone(), conn.clone());
-                Some(Commands::Single(conn))
+                Some(conn)
             }
             Err(e) => {
                 tracing::debug!(%master, "cannot reach a master to publish: {e}");
