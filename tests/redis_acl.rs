@@ -879,11 +879,7 @@ async fn mid_migration_publish(cluster: &Cluster, hub: SocketAddr) {
     let group = "moving";
     let slot = support::cluster::key_slot(&format!("{DOC_PREFIX}ws:group:{group}"));
     let from = cluster.master_of_slot(slot).await;
-    let masters = cluster.masters().await;
-    let to = *masters
-        .iter()
-        .find(|&&m| m != from)
-        .expect("another master");
+    let to = cluster.other_master(from).await;
     let id = |port: u16| async move {
         let id: String = redis::cmd("CLUSTER")
             .arg("MYID")

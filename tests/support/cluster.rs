@@ -216,6 +216,15 @@ impl Cluster {
         masters.into_iter().map(|(_, port)| port).collect()
     }
 
+    /// A master other than `master` (a slot's destination in a migration).
+    pub async fn other_master(&self, master: u16) -> u16 {
+        let masters = self.masters().await;
+        *masters
+            .iter()
+            .find(|&&m| m != master)
+            .expect("another master")
+    }
+
     /// The replicas' ports, each with its master's port.
     pub async fn replicas(&self) -> Vec<(u16, u16)> {
         let nodes = self.nodes().await;
