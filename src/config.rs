@@ -148,6 +148,13 @@ pub struct Config {
     #[arg(long, env = "AETHER_MAX_SOCKETS_PER_CLIENT", default_value_t = 16)]
     pub max_sockets_per_client: u32,
 
+    /// WebSocket upgrades this instance admits per second, with a burst of
+    /// as many; more get 503 with Retry-After before any other check
+    /// (reconnect storms). 0 = no limit.
+    #[arg(long, env = "AETHER_MAX_CONNECTS_PER_SEC", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_connects_per_sec: u32,
+
     /// Kept `msg`/`cmd` messages per route, for recovery on reconnect and
     /// gap repair (docs/protocol.md section 9); 0 turns history off.
     #[arg(long, env = "AETHER_HISTORY_SIZE", default_value_t = 100,
@@ -347,6 +354,8 @@ pub struct Limits {
     /// 0: no limit.
     pub max_sockets_per_client: usize,
     pub max_connections: usize,
+    /// Upgrades admitted per second (0: no limit).
+    pub max_connects_per_sec: u32,
     pub history: crate::history::Retention,
 }
 
@@ -527,6 +536,7 @@ impl Config {
             max_connections: self
                 .max_connections
                 .map_or_else(crate::fdlimit::default_max_connections, |n| n as usize),
+            max_connects_per_sec: self.max_connects_per_sec,
             history: crate::history::Retention {
                 size: self.history_size as usize,
                 ttl: self.history_ttl,
@@ -594,6 +604,7 @@ mod tests {
         assert_eq!(c.ping_interval, Duration::from_secs(30));
         assert_eq!(c.rate_limit, 0);
         assert_eq!(c.ping_limit, 100);
+        assert_eq!(c.max_connects_per_sec, 0);
         assert_eq!(c.presence_ttl, Duration::from_secs(90));
         assert!(c.allow_client_broadcast);
         assert!(c.api_keys.is_empty());
@@ -703,6 +714,13 @@ mod tests {
             (&["--outbound-queue", "0"][..], "not in 1"),
             (&["--rate-limit=-1"][..], "invalid"),
             (&["--ping-limit", "many"][..], "invalid"),
+            (&["--max-connects-per-sec=-1"][..], "invalid value"),
+            (&["--max-connects-per-sec", "lots"][..], "invalid digit"),
+            (&["--max-connects-per-sec", "2.5"][..], "invalid digit"),
+            (
+                &["--max-connects-per-sec", "2000000"][..],
+                "not in 0..=1000000",
+            ),
             (&["--instance-id", "a b"][..], "AETHER_INSTANCE_ID"),
             (&["--redis-url", "localhost"][..], "AETHER_REDIS_URL"),
             (

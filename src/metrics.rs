@@ -68,16 +68,21 @@ pub enum Refused {
     BadRequest,
     /// The hub cannot serve: Redis down, shutting down (503).
     Unavailable,
+    /// Over the instance's accept rate, `AETHER_MAX_CONNECTS_PER_SEC`
+    /// (503 with `Retry-After`).
+    Rate,
 }
 
 impl Refused {
-    const ALL: [Refused; 6] = [
+    /// In declaration order: a reason's handle is `ALL[reason as usize]`.
+    const ALL: [Refused; 7] = [
         Self::Capacity,
         Self::ClientLimit,
         Self::Unauthorized,
         Self::Forbidden,
         Self::BadRequest,
         Self::Unavailable,
+        Self::Rate,
     ];
 
     fn label(self) -> &'static str {
@@ -88,6 +93,7 @@ impl Refused {
             Self::Forbidden => "forbidden",
             Self::BadRequest => "bad_request",
             Self::Unavailable => "unavailable",
+            Self::Rate => "rate",
         }
     }
 }
@@ -126,7 +132,7 @@ struct Handles {
     rate_limited: Counter,
     broker_unavailable: Counter,
     pubsub_lag: Histogram,
-    refused: [Counter; 6],
+    refused: [Counter; 7],
     /// Recoveries per route asked for: recovered, lost.
     recoveries: [Counter; 2],
     replayed: Counter,

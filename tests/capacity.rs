@@ -124,6 +124,7 @@ async fn every_refusal_reason_is_exported_from_the_start() {
         "forbidden",
         "bad_request",
         "unavailable",
+        "rate",
     ] {
         assert!(text.contains(&refused(reason)), "{reason} missing:\n{text}");
     }

@@ -1,8 +1,10 @@
 //! The HTTP surface (docs/protocol.md sections 1, 5 and 8) as warp routes: the
 //! WebSocket upgrade (`upgrade.rs`), health, readiness, metrics, presence
 //! and publish, plus the web console's routes ([`crate::console`]). Every
-//! refusal is a [`Refusal`] (`refusal.rs`).
+//! refusal is a [`Refusal`] (`refusal.rs`); the accept-rate limit that
+//! upgrades pass first is `admission.rs`.
 
+mod admission;
 mod refusal;
 mod upgrade;
 
@@ -36,6 +38,9 @@ pub struct Api {
     allowed_origins: Vec<String>,
     prometheus: PrometheusHandle,
     console: bool,
+    /// `None` when `AETHER_MAX_CONNECTS_PER_SEC` is 0: then an upgrade
+    /// touches nothing of it.
+    connect_rate: Option<admission::ConnectRate>,
 }
 
 type Query = HashMap<String, String>;
@@ -50,7 +55,9 @@ impl Api {
         config: &Config,
         prometheus: PrometheusHandle,
     ) -> Arc<Api> {
+        let connect_rate = admission::ConnectRate::new(hub.limits().max_connects_per_sec);
         Arc::new(Api {
+            connect_rate,
             hub,
             auth,
             allowed_origins: config.allowed_origins.clone(),

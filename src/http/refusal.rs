@@ -3,6 +3,8 @@
 //!
 //! Upgrades get the reason as plain text (docs/protocol.md section 1), the HTTP
 //! API as a JSON `{"error": …}` body. Reasons never quote a credential.
+//! A refusal that knows when to come back (the accept-rate limit,
+//! `admission.rs`) says so in `Retry-After`.
 
 use http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -11,10 +13,14 @@ use crate::auth::AuthError;
 use crate::hub::ConnectError;
 use crate::metrics::{self, Refused};
 
+use super::admission;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: StatusCode,
     pub reason: String,
+    /// Whole seconds, sent as `Retry-After`.
+    pub retry_after: Option<u32>,
 }
 
 impl Refusal {
@@ -22,6 +28,16 @@ impl Refusal {
         Refusal {
             status,
             reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// An upgrade over the instance's accept rate: 503, like a full
+    /// instance (a load balancer tries another), with when to come back.
+    pub fn over_rate(refused: admission::Refused) -> Self {
+        Refusal {
+            retry_after: Some(refused.retry_after),
+            ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, OVER_RATE)
         }
     }
 
@@ -33,7 +49,9 @@ impl Refusal {
     pub fn upgrade(self) -> Response {
         metrics::upgrade_refused(self.counted_as());
         self.log();
-        warp::reply::with_status(self.reason, self.status).into_response()
+        let retry_after = self.retry_after;
+        let response = warp::reply::with_status(self.reason, self.status).into_response();
+        with_retry_after(response, retry_after)
     }
 
     /// A JSON error body, for the HTTP API. After a 408 the connection
@@ -49,7 +67,7 @@ impl Refusal {
                 .headers_mut()
                 .insert(http::header::CONNECTION, close);
         }
-        response
+        with_retry_after(response, self.retry_after)
     }
 
     fn counted_as(&self) -> Refused {
@@ -58,17 +76,20 @@ impl Refusal {
             StatusCode::FORBIDDEN => Refused::Forbidden,
             StatusCode::TOO_MANY_REQUESTS => Refused::ClientLimit,
             StatusCode::SERVICE_UNAVAILABLE if self.reason == FULL => Refused::Capacity,
+            StatusCode::SERVICE_UNAVAILABLE if self.reason == OVER_RATE => Refused::Rate,
             s if s.is_server_error() => Refused::Unavailable,
             _ => Refused::BadRequest,
         }
     }
 
     /// A client's mistake is theirs to see (debug); the hub failing to
-    /// serve is an operator's concern (warn). A full instance is not
-    /// failing, and would flood the log: its refusals are counted instead.
+    /// serve is an operator's concern (warn). A full instance, or one
+    /// pacing a reconnect storm, is not failing, and would flood the log:
+    /// its refusals are counted instead.
     fn log(&self) {
         let status = self.status.as_u16();
-        if self.status.is_server_error() && self.reason != FULL {
+        let by_design = self.reason == FULL || self.reason == OVER_RATE;
+        if self.status.is_server_error() && !by_design {
             tracing::warn!(status, "request refused: {}", self.reason);
         } else {
             tracing::debug!(status, "request refused: {}", self.reason);
@@ -76,8 +97,21 @@ impl Refusal {
     }
 }
 
+fn with_retry_after(mut response: Response, secs: Option<u32>) -> Response {
+    if let Some(secs) = secs {
+        let value = http::HeaderValue::from(secs);
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, value);
+    }
+    response
+}
+
 /// The reason an instance at its connection limit gives.
 pub const FULL: &str = "this instance is at its connection limit";
+
+/// The reason an upgrade over the accept rate gets.
+pub const OVER_RATE: &str = "this instance is at its connect-rate limit: retry later";
 
 impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {

@@ -1,10 +1,11 @@
 //! The WebSocket upgrade (docs/protocol.md sections 1 and 8): the checks, in
 //! order, then the `101` once the socket's routes are live.
 //!
-//! Checks, cheapest and least revealing first: capacity (503), `Origin`
-//! (403), credentials (401), Vision IDs (400), whether the credential
-//! covers this client and group (403), the client's socket limit (429),
-//! the upgrade headers (400).
+//! Checks, cheapest and least revealing first: the accept rate (503 with
+//! `Retry-After`, `admission.rs`), capacity (503), `Origin` (403),
+//! credentials (401), Vision IDs (400), whether the credential covers this
+//! client and group (403), the client's socket limit (429), the upgrade
+//! headers (400).
 //!
 //! The upgrade is done here rather than with warp's `ws()` filter: warp's
 //! filter leaves tungstenite's 128 KiB read buffer on every socket, while
@@ -62,6 +63,11 @@ impl Api {
         query: HashMap<String, String>,
         on_upgrade: Option<OnUpgrade>,
     ) -> Result<Response, Refusal> {
+        // First: in a reconnect storm, an upgrade over the rate must cost
+        // nothing beyond its refusal (no token check, no hub table, no Redis).
+        if let Some(rate) = &self.connect_rate {
+            rate.admit().map_err(Refusal::over_rate)?;
+        }
         let slot = self
             .hub
             .reserve()
