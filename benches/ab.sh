@@ -17,12 +17,21 @@
 # AB_BASE_HUB and AB_NEW_HUB the same file). AB_NEW_TLS=1 puts the new
 # side's hubs on a second, TLS-only Redis (a CA and certificate made here
 # with openssl, verified by the hubs): the cost of rediss://.
+# AB_BASE_ENV="AETHER_HISTORY_SIZE=0" and AB_NEW_ENV=... set hub settings on
+# one side only (history off against on, with one binary).
 #
 # Shapes: fan-out 1 x 1,000 at full speed in memory and through two hubs
 # on one Redis; 200 groups x 5 subscribers at full speed, the shape of
-# group coordination, in memory and through Redis. Loopback only; every
-# run is bounded (2 s warm-up + 10 s). Writes target/ab/results.csv and
-# prints each shape's medians and the ratio new / base.
+# group coordination, in memory and through Redis. Mode "cluster" (as in
+# AB_SHAPES="cluster 200 5") puts the two hubs on a 3-master Redis Cluster
+# (no replicas: on 2 cores they would only take CPU from the masters),
+# made once for the whole run; its Redis CPU is the masters' sum. Loopback only; every
+# run is bounded (2 s warm-up + 10 s). Through Redis it also reports the
+# messages published per second (the load tool's figure) and the CPU time
+# redis-server and the hubs spend per message published to Redis
+# (aether_redis_publishes_total). Writes
+# target/ab/results.csv and prints each shape's medians and the ratio
+# new / base.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: benches/ab.sh REV [ROUNDS]}
@@ -62,8 +71,8 @@ hub() { # binary port [env...]
 cpu_ticks() { # pid: utime + stime, in clock ticks
   awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
-delivered() { # port: the hub's deliveries so far (0 before the first)
-  curl -s "127.0.0.1:$1/metrics" | awk '/^aether_messages_delivered_total / { n = $2 } END { printf "%d\n", n }'
+counter() { # port name: the hub's counter so far (0 before the first)
+  curl -s "127.0.0.1:$1/metrics" | awk -v name="$2" '$1 == name { n = $2 } END { printf "%d\n", n }'
 }
 
 redis_port=16499
@@ -92,41 +101,91 @@ if [ -n "${AB_NEW_TLS:-}" ]; then
   new_redis=(AETHER_REDIS_URL="rediss://127.0.0.1:$tls_port/" AETHER_REDIS_TLS_CA_FILE="$tls/ca.pem")
 fi
 
+cluster_ports=(16491 16492 16493)
+cluster_pids=()
+cluster_dir=$out/cluster
+start_cluster() { # once, if a shape needs it
+  rm -rf "$cluster_dir"
+  local p
+  for p in "${cluster_ports[@]}"; do
+    mkdir -p "$cluster_dir/$p"
+    redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$cluster_dir/$p" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 >/dev/null &
+    cluster_pids+=($!)
+    wait_port "$p"
+  done
+  trap 'cleanup; kill $redis_pid ${tls_pid:-} ${cluster_pids[*]} 2>/dev/null || true' EXIT
+  redis-cli --cluster create "${cluster_ports[@]/#/127.0.0.1:}" --cluster-yes >/dev/null
+  for _ in $(seq 100); do
+    local ok=1
+    for p in "${cluster_ports[@]}"; do
+      redis-cli -p "$p" CLUSTER INFO | grep -q 'cluster_state:ok' || ok=0
+    done
+    [ "$ok" = 1 ] && return 0
+    sleep 0.1
+  done
+  echo "ab.sh: the cluster did not come up" >&2
+  return 1
+}
+[[ "${AB_SHAPES:-}" == *cluster* ]] && start_cluster
+
 # run NAME BIN MODE GROUPS SUBSCRIBERS -> appends a CSV row
 run() {
-  local name=$1 bin=$2 mode=$3 groups=$4 subs=$5 ports=() urls=() extra=()
+  local name=$1 bin=$2 mode=$3 groups=$4 subs=$5 ports=() urls=() extra=() env=()
   [ "$name" = new ] && read -r -a extra <<<"${AB_NEW_ARGS:-}"
+  if [ "$name" = new ]; then read -r -a env <<<"${AB_NEW_ENV:-}"; else read -r -a env <<<"${AB_BASE_ENV:-}"; fi
   if [ "$mode" = memory ]; then
     ports=(18401)
-    hub "$bin" 18401
+    hub "$bin" 18401 "${env[@]}"
+  elif [ "$mode" = cluster ]; then
+    for p in "${cluster_ports[@]}"; do redis-cli -p "$p" flushall >/dev/null 2>&1 || true; done
+    local seeds=127.0.0.1:16491,127.0.0.1:16492,127.0.0.1:16493
+    ports=(18411 18412)
+    hub "$bin" 18411 AETHER_REDIS_CLUSTER="$seeds" "${env[@]}"
+    hub "$bin" 18412 AETHER_REDIS_CLUSTER="$seeds" "${env[@]}"
+    sleep 1
   else
     redis-cli -p "$redis_port" flushall >/dev/null
     [ -n "${AB_NEW_TLS:-}" ] && redis-cli --tls --cacert "$tls/ca.pem" -h 127.0.0.1 -p "$tls_port" flushall >/dev/null
     local on=(AETHER_REDIS_URL="$redis_url")
     [ "$name" = new ] && on=("${new_redis[@]}")
     ports=(18411 18412)
-    hub "$bin" 18411 "${on[@]}"
-    hub "$bin" 18412 "${on[@]}"
+    hub "$bin" 18411 "${on[@]}" "${env[@]}"
+    hub "$bin" 18412 "${on[@]}" "${env[@]}"
     sleep 1
   fi
   for p in "${ports[@]}"; do urls+=(--url "ws://127.0.0.1:$p"); done
-  local ticks0=0 ticks1=0 d0=0 d1=0 pid
+  local ticks0=0 ticks1=0 d0=0 d1=0 p0=0 p1=0 r0=0 r1=0 pid redis=($redis_pid)
+  [ "$name" = new ] && [ -n "${AB_NEW_TLS:-}" ] && redis=($tls_pid)
+  [ "$mode" = cluster ] && redis=("${cluster_pids[@]}")
   for pid in "${pids[@]}"; do ticks0=$((ticks0 + $(cpu_ticks "$pid"))); done
-  for p in "${ports[@]}"; do d0=$((d0 + $(delivered "$p"))); done
+  for p in "${ports[@]}"; do d0=$((d0 + $(counter "$p" aether_messages_delivered_total))); done
+  for p in "${ports[@]}"; do p0=$((p0 + $(counter "$p" aether_redis_publishes_total))); done
+  for pid in "${redis[@]}"; do r0=$((r0 + $(cpu_ticks "$pid"))); done
   "$load" fanout "${urls[@]}" --groups "$groups" --subscribers "$subs" "${extra[@]}" --duration 10 --warmup 2 2>/dev/null > "$out/run.json"
   for pid in "${pids[@]}"; do ticks1=$((ticks1 + $(cpu_ticks "$pid"))); done
-  for p in "${ports[@]}"; do d1=$((d1 + $(delivered "$p"))); done
+  for p in "${ports[@]}"; do d1=$((d1 + $(counter "$p" aether_messages_delivered_total))); done
+  for p in "${ports[@]}"; do p1=$((p1 + $(counter "$p" aether_redis_publishes_total))); done
+  for pid in "${redis[@]}"; do r1=$((r1 + $(cpu_ticks "$pid"))); done
   cleanup
-  python3 - "$name" "$mode" "$groups" "$subs" "$((ticks1 - ticks0))" "$((d1 - d0))" "$(getconf CLK_TCK)" "$out/run.json" <<'PY' | tee -a "$out/results.csv"
+  python3 - "$name" "$mode" "$groups" "$subs" "$((ticks1 - ticks0))" "$((d1 - d0))" "$(getconf CLK_TCK)" "$out/run.json" \
+    "$((p1 - p0))" "$((r1 - r0))" <<'PY' | tee -a "$out/results.csv"
 import json, sys
-name, mode, groups, subs, ticks, delivered, hz, path = sys.argv[1:9]
+name, mode, groups, subs, ticks, delivered, hz, path, published, redis_ticks = sys.argv[1:11]
 d = json.loads(open(path).read().strip().splitlines()[-1])
-cpu_us = int(ticks) / int(hz) * 1e6 / max(int(delivered), 1)
-print(f"{name},{mode},{groups}x{subs},{d['deliveries_per_sec']:.0f},{cpu_us:.3f},{d['loss']},{d['order_violations']}")
+hz, published = int(hz), int(published)
+cpu_us = int(ticks) / hz * 1e6 / max(int(delivered), 1)
+# Publishes/s as the load tool measured them; CPU per publish over the
+# whole run (warm-up included), divided by what the hubs published.
+pub_s = d.get("published_per_sec", 0) if published else 0
+redis_us = int(redis_ticks) / hz * 1e6 / published if published else 0
+hub_us = int(ticks) / hz * 1e6 / published if published else 0
+print(f"{name},{mode},{groups}x{subs},{d['deliveries_per_sec']:.0f},{cpu_us:.3f},{d['loss']},{d['order_violations']},"
+      f"{pub_s:.0f},{redis_us:.2f},{hub_us:.2f}")
 PY
 }
 
-echo "binary,mode,shape,deliveries_per_sec,hub_cpu_us_per_delivery,loss,order_violations" > "$out/results.csv"
+echo "binary,mode,shape,deliveries_per_sec,hub_cpu_us_per_delivery,loss,order_violations,redis_publishes_per_sec,redis_cpu_us_per_publish,hub_cpu_us_per_publish" > "$out/results.csv"
 IFS=';' read -r -a shapes <<<"${AB_SHAPES:-memory 1 1000;redis 1 1000;memory 200 5;redis 200 5}"
 for round in $(seq "$rounds"); do
   for shape in "${shapes[@]}"; do
@@ -146,7 +205,8 @@ python3 - "$out/results.csv" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 shapes = sorted({(r["mode"], r["shape"]) for r in rows}, key=lambda s: (s[1], s[0]))
-print("mode,shape,base deliveries/s,new deliveries/s,ratio,base us/delivery,new us/delivery,ratio (base/new: >1 is cheaper),loss,order violations")
+print("mode,shape,base deliveries/s,new deliveries/s,ratio,base us/delivery,new us/delivery,ratio (base/new: >1 is cheaper),loss,order violations,"
+      "base publishes/s,new publishes/s,ratio,base Redis us/publish,new Redis us/publish,base hubs us/publish,new hubs us/publish")
 for mode, shape in shapes:
     def med(who, key):
         return statistics.median(float(r[key]) for r in rows if r["mode"] == mode and r["shape"] == shape and r["binary"] == who)
@@ -154,5 +214,11 @@ for mode, shape in shapes:
     order = sum(int(r["order_violations"]) for r in rows if r["mode"] == mode and r["shape"] == shape)
     b, n = med("base", "deliveries_per_sec"), med("new", "deliveries_per_sec")
     bc, nc = med("base", "hub_cpu_us_per_delivery"), med("new", "hub_cpu_us_per_delivery")
-    print(f"{mode},{shape},{b:.0f},{n:.0f},{n/b:.3f},{bc:.3f},{nc:.3f},{bc/nc:.3f},{loss},{order}")
+    line = f"{mode},{shape},{b:.0f},{n:.0f},{n/b:.3f},{bc:.3f},{nc:.3f},{bc/nc:.3f},{loss},{order}"
+    if mode in ("redis", "cluster"):
+        bp, np_ = med("base", "redis_publishes_per_sec"), med("new", "redis_publishes_per_sec")
+        line += f",{bp:.0f},{np_:.0f},{np_/max(bp, 1):.3f}"
+        for key in ("redis_cpu_us_per_publish", "hub_cpu_us_per_publish"):
+            line += f",{med('base', key):.2f},{med('new', key):.2f}"
+    print(line)
 PY

@@ -11,12 +11,16 @@
 //! them; they are part of the hub's documented surface):
 //!
 //! - `{<channel>}:history`: a stream of the route's kept messages, capped
-//!   at `AETHER_HISTORY_SIZE` entries, expiring `AETHER_HISTORY_TTL_SECS`
-//!   after the last one. Entry ID `<offset>-1`; fields `t` (the delivered
-//!   text, `offset` and `epoch` included), `s` (the sender's `from_id`),
-//!   `at` (Redis time in ms when it was kept).
-//! - `{<channel>}:position`: a hash, `e` the route's epoch and `n` the last
-//!   offset given out; expires 24 hours after the last kept message.
+//!   near `AETHER_HISTORY_SIZE` entries (`MAXLEN ~`: the last
+//!   `AETHER_HISTORY_SIZE` and possibly a few older ones, which the hub
+//!   never reads), expiring at least `AETHER_HISTORY_TTL_SECS` after the
+//!   last one (at most 30 s more). Entry ID `<offset>-1`; fields `t` (the
+//!   delivered text, `offset` and `epoch` included), `s` (the sender's
+//!   `from_id`), `at` (Redis time in ms when it was kept).
+//! - `{<channel>}:position`: a hash, `e` the route's epoch, `n` the last
+//!   offset given out, `l` the master's lineage (Sentinel and cluster),
+//!   `x` when the expiries were last refreshed; expires at least 24 hours
+//!   after the last kept message.
 //!
 //! For prefix `p:` and group `g1`: `{p:ws:group:g1}:history` and
 //! `{p:ws:group:g1}:position`.

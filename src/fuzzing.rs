@@ -230,7 +230,7 @@ fn script_reply(data: &[u8]) {
     let Ok(value) = redis::parse_redis_value(data) else {
         return;
     };
-    let _ = crate::broker::redis::history::numbered(&value);
+    let _ = crate::broker::redis::numbering::numbered(&value, ["a", "b", "a"].into_iter());
     if let Some(batch) = crate::broker::redis::history::parse_batch(value) {
         assert!(
             batch.kept.len() <= data.len(),

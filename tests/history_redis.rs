@@ -107,7 +107,12 @@ async fn offsets_are_one_order_for_every_instance_and_sender() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(len, 100, "capped at AETHER_HISTORY_SIZE");
+    // `MAXLEN ~` trims whole stream nodes (at most 100 entries each): a few
+    // more than AETHER_HISTORY_SIZE may stay, never readable (below).
+    assert!(
+        (100..200).contains(&len),
+        "capped near AETHER_HISTORY_SIZE: {len}"
+    );
     let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
         .arg(history_key)
         .arg("+")
@@ -137,7 +142,8 @@ async fn offsets_are_one_order_for_every_instance_and_sender() {
                 .unwrap()
         }
     };
-    assert!((1..=300_000).contains(&ttl(history_key).await));
+    // The TTL, plus up to 30 s by which refreshes are put off.
+    assert!((1..=330_000).contains(&ttl(history_key).await));
     assert!(
         ttl(position_key).await > 23 * 3600 * 1000,
         "the position outlives the messages"

@@ -1,17 +1,11 @@
-//! History in Redis: the two server-side scripts that number, keep and
-//! read a route's messages, and the batched reads built on them.
+//! History in Redis, read back: the script that reads a route's kept
+//! messages, the batched reads built on it, and loading the scripts.
 //!
 //! Keys (`channels.rs` documents them): `{<channel>}:position`, a hash of
 //! the route's epoch (`e`) and last offset (`n`), and `{<channel>}:history`,
 //! a stream whose entry IDs are `<offset>-1`, so that an offset range is an
-//! `XRANGE`.
+//! `XRANGE`. `NUMBER` (`numbering.rs`) writes them.
 //!
-//! - [`NUMBER`] runs once per kept message, pipelined with plain publishes:
-//!   it numbers the message, splices `offset` and `epoch` onto its text
-//!   (the same bytes as [`crate::history::number`]), appends it to the stream
-//!   (`MAXLEN` exact), refreshes both expiries and `PUBLISH`es it. One
-//!   script is one atomic step, so Redis decides one order for every
-//!   instance.
 //! - [`READ`] returns a route's position (creating it when asked: "asking
 //!   for its position creates it") and the kept messages in an offset
 //!   range, at most a batch of them, skipping those past the TTL. Recovery
@@ -22,72 +16,13 @@
 //! `SCRIPT FLUSH`, a restarted Redis, a promoted cluster replica) the call
 //! is made again with `EVAL` and the source ([`Invoke`]).
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use redis::{RedisResult, Value};
 
-use redis::{Cmd, RedisResult, Value};
-
-use super::link::{Commands, Publish};
-use crate::history::{decide, Epoch, Kept, Position, Recovery, Retention, Since, POSITION_TTL};
+use super::link::Commands;
+use super::numbering::NUMBER;
+use super::scripts::{int, millis, position_ttl, string, Invoke, Keys, Script};
+use crate::history::{decide, Epoch, Kept, Position, Recovery, Retention, Since};
 use crate::protocol::Encoded;
-
-/// A script's source and, once Redis has loaded it, its SHA1.
-pub struct Script {
-    source: &'static str,
-    sha: OnceLock<String>,
-}
-
-/// Numbers, keeps and publishes one message.
-///
-/// KEYS: position, history. ARGV: channel, the encoded text (a JSON object
-/// ending in `}`), sender, history size, TTL in ms, position TTL in ms, a
-/// fresh epoch for a route that has none, the publishing command
-/// (`PUBLISH`, or `SPUBLISH` for a sharded channel on Redis Cluster, where
-/// the channel shares its keys' slot), the master's lineage (`""`: not
-/// checked). Returns `{offset, epoch}`.
-///
-/// A new epoch starts with an empty stream (`DEL`), so a stream never mixes
-/// two numberings. The text gets `,"offset":N,"epoch":"E"}` in place of its
-/// closing brace.
-///
-/// The lineage (Sentinel: the master's replication ID, new at each
-/// promotion) is kept in the position (`l`). A position numbered under
-/// another master may have lost its last offsets in the failover
-/// (replication is asynchronous): numbering on from it would hand those
-/// offsets out a second time, so that readers drop new messages as
-/// duplicates and a resuming client is told `recovered: true` across a
-/// gap. It starts a new epoch instead.
-pub static NUMBER: Script = Script::new(
-    r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if epoch and ARGV[9] ~= '' then
-  local lineage = redis.call('HGET', KEYS[1], 'l')
-  if not lineage then
-    redis.call('HSET', KEYS[1], 'l', ARGV[9])
-  elseif lineage ~= ARGV[9] then
-    epoch = false
-  end
-end
-if not epoch then
-  epoch = ARGV[7]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'n', 0)
-  if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'l', ARGV[9]) end
-end
-local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-local offset = string.format('%d', n)
-local body = ARGV[2]
-if string.sub(body, -1) == '}' then body = string.sub(body, 1, -2) end
-local text = body .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
-local t = redis.call('TIME')
-local ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-1', 't', text, 's', ARGV[3], 'at', ms)
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call(ARGV[8], ARGV[1], text)
-return {n, epoch}
-"#,
-);
 
 /// Reads a route's position and kept messages.
 ///
@@ -97,7 +32,9 @@ return {n, epoch}
 /// position TTL in ms, a fresh epoch to create a missing position with
 /// (`""`: do not create), the epoch the caller reads in (`""`: any; entries
 /// only when it is the route's), the master's lineage to create it with
-/// (`""`: none; see [`NUMBER`]).
+/// (`""`: none; see `NUMBER`), the history size (entries more than that
+/// many offsets back are not returned: the stream is trimmed with
+/// `MAXLEN ~`, which may leave a few more).
 ///
 /// Returns `{epoch, last offset, scanned up to, more, offset1, text1,
 /// sender1, …}`; `epoch` is `""` when the route has no position (and none
@@ -122,6 +59,8 @@ local after = tonumber(ARGV[1])
 local count = tonumber(ARGV[3])
 local upto = tonumber(ARGV[2])
 if upto == 0 or upto > n then upto = n end
+local floor = n - tonumber(ARGV[9])
+if after < floor then after = math.min(floor, upto) end
 if count == 0 or after >= upto or (ARGV[7] ~= '' and ARGV[7] ~= epoch) then
   return {epoch, n, after, 0}
 end
@@ -159,135 +98,10 @@ return out
 /// history (100) is one round trip.
 pub const BATCH: u64 = 256;
 
-impl Script {
-    const fn new(source: &'static str) -> Script {
-        Script {
-            source,
-            sha: OnceLock::new(),
-        }
-    }
-
-    /// `EVALSHA` once loaded (else, and when asked, `EVAL` with the
-    /// source: [`load`] runs before the link is declared up).
-    fn invoke(&self, invoke: Invoke) -> Cmd {
-        match self.sha.get().filter(|_| invoke == Invoke::Sha) {
-            Some(sha) => {
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(sha.as_str());
-                cmd
-            }
-            None => {
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(self.source);
-                cmd
-            }
-        }
-    }
-
-    async fn load(&self, conn: &mut Commands) -> RedisResult<()> {
-        let sha: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(self.source)
-            .query_async(conn)
-            .await?;
-        // The SHA1 of a fixed text never changes: the first answer stands.
-        let _ = self.sha.set(sha);
-        Ok(())
-    }
-}
-
-/// Loads both scripts (on every new connection, and after `NOSCRIPT`).
+/// Loads both scripts (on every new connection).
 pub async fn load(conn: &mut Commands) -> RedisResult<()> {
     NUMBER.load(conn).await?;
     READ.load(conn).await
-}
-
-/// Whether `value` is Redis's `NOSCRIPT` answer.
-pub fn is_noscript(value: &Value) -> bool {
-    matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
-}
-
-/// A route's two keys, as [`crate::channels::Names`] builds them.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    pub position: String,
-    pub history: String,
-}
-
-fn millis(d: Duration) -> u64 {
-    (d.as_millis() as u64).max(1)
-}
-
-/// How a script is called. `NOSCRIPT` means the node that answered lacks
-/// the script (a `SCRIPT FLUSH`, a restart, on a cluster a replica promoted
-/// since: `SCRIPT LOAD` is not replicated); `EVAL` with the source then
-/// runs it and leaves it cached on that node, whichever it is, where a
-/// `SCRIPT LOAD` would have to know the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Invoke {
-    Sha,
-    Source,
-}
-
-/// What numbering needs beyond the message: how to call the script, how
-/// it publishes, an epoch for a route that has none, and the master's
-/// lineage ([`Commands::lineage`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Numbering<'a> {
-    pub invoke: Invoke,
-    pub publish: Publish,
-    pub fresh: &'a Epoch,
-    pub lineage: &'a str,
-}
-
-/// The `EVALSHA` of [`NUMBER`] for one message, to go in a pipeline.
-pub fn number_cmd(
-    keys: &Keys,
-    channel: &str,
-    text: &str,
-    sender: &str,
-    retention: Retention,
-    how: Numbering<'_>,
-) -> Cmd {
-    let Numbering {
-        invoke,
-        publish,
-        fresh,
-        lineage,
-    } = how;
-    let mut cmd = NUMBER.invoke(invoke);
-    cmd.arg(2)
-        .arg(&keys.position)
-        .arg(&keys.history)
-        .arg(channel)
-        .arg(text.as_bytes())
-        .arg(sender)
-        .arg(retention.size)
-        .arg(millis(retention.ttl))
-        .arg(millis(position_ttl(retention)))
-        .arg(fresh.as_str())
-        .arg(publish.command())
-        .arg(lineage);
-    cmd
-}
-
-/// Epoch and counter outlive the messages (docs/protocol.md section 9).
-fn position_ttl(retention: Retention) -> Duration {
-    POSITION_TTL.max(retention.ttl)
-}
-
-/// The position a [`NUMBER`] answer gives, or `None` for an error.
-pub fn numbered(reply: &Value) -> Option<Position> {
-    let Value::Array(items) = reply else {
-        return None;
-    };
-    match items.as_slice() {
-        [offset, epoch] => Some(Position {
-            offset: int(offset)?,
-            epoch: Epoch::parse(&string(epoch)?)?,
-        }),
-        _ => None,
-    }
 }
 
 /// What to read: the range after `after` (up to `upto`, 0 for the end),
@@ -336,7 +150,8 @@ pub async fn read(
             .arg(millis(position_ttl(retention)))
             .arg(fresh.as_ref().map_or("", Epoch::as_str))
             .arg(range.want.map_or("", Epoch::as_str))
-            .arg(lineage.as_str());
+            .arg(lineage.as_str())
+            .arg(retention.size);
         cmd
     };
     let reply: Value = match build(Invoke::Sha).query_async(conn).await {
@@ -381,22 +196,6 @@ pub fn parse_batch(reply: Value) -> Option<Batch> {
         more: int(&head[3])? == 1,
         kept,
     })
-}
-
-fn int(value: &Value) -> Option<u64> {
-    match value {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
-fn string(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// A socket's recovery of one route: the position (created when the route
@@ -455,20 +254,6 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn a_number_answer_is_a_position() {
-        let reply = Value::Array(vec![Value::Int(7), bulk("abc")]);
-        assert_eq!(
-            numbered(&reply),
-            Some(Position {
-                epoch: Epoch::parse("abc").unwrap(),
-                offset: 7
-            })
-        );
-        assert_eq!(numbered(&Value::Int(1)), None);
-        assert_eq!(numbered(&Value::Array(vec![Value::Int(7)])), None);
     }
 
     #[test]

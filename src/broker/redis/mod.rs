@@ -12,7 +12,9 @@
 //!   (un)subscribe, a pure function), [`subscriptions`] (what the router
 //!   wants and what Redis confirmed), [`reader`] (the pub/sub stream,
 //!   decoded once into deliveries, with gap repair from history),
-//!   [`history`] (the numbering and reading scripts), [`slots`] (the
+//!   [`scripts`] (calling server-side scripts), [`numbering`] (numbering
+//!   and keeping batches of messages), [`history`] (reading them back,
+//!   recovery), [`slots`] (the
 //!   cluster's slot map) and [`publish`] (ordered, pipelined publishing).
 //! - The supervisors, side by side, each owning only what differs:
 //!   [`single`] (one server: one pub/sub connection) and [`cluster`]
@@ -26,9 +28,11 @@ mod cluster;
 pub(crate) mod history;
 pub(crate) mod link;
 mod listener;
+pub(crate) mod numbering;
 mod plan;
 mod publish;
 mod reader;
+pub(crate) mod scripts;
 mod single;
 pub(crate) mod slots;
 mod subscriptions;
@@ -45,10 +49,10 @@ use crate::config::RedisServers;
 use crate::history::{Recovery, Retention, Since};
 use crate::protocol::Encoded;
 use crate::router::Router;
-use history::Keys;
 use link::RedisLink;
 use publish::Outgoing;
 use reader::Reader;
+use scripts::Keys;
 use slots::SlotMap;
 use subscriptions::Subscriptions;
 use supervisor::Base;

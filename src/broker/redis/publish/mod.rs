@@ -1,10 +1,11 @@
 //! The Redis broker's publisher: one task that sends queued messages on
 //! the shared command connection, in order, as few pipelines as possible.
 //!
-//! A plain message is a `PUBLISH`; a kept one (history on) is an `EVALSHA`
-//! of the numbering script (`history.rs`), which numbers, stores and
-//! publishes it in one step. Both go in the same pipelines, in queue order,
-//! so a sender's order holds whichever kind its messages are. The answer
+//! A plain message is a `PUBLISH`; a run of kept ones (history on) is one
+//! call of the numbering script (`numbering.rs`, built in `batch.rs`),
+//! which numbers, stores and publishes them in one step. Both go in the
+//! same pipelines, in queue order, so a sender's order holds whichever
+//! kind its messages are. The answer
 //! (the script's: the message's position) tells the message's
 //! confirmation, if it has one (docs/protocol.md section 10).
 //!
@@ -27,6 +28,7 @@
 //! answer came too late) may have been run: its confirmation says so
 //! ([`BrokerError::Unconfirmed`]) rather than that it was not published.
 
+mod batch;
 mod masters;
 
 use std::collections::{HashSet, VecDeque};
@@ -38,13 +40,14 @@ use redis::aio::ConnectionLike;
 use redis::Value;
 use tokio::sync::mpsc;
 
-use super::history::{self, Invoke, Keys, Numbering};
 use super::link::{Commands, NodeAddr, Publish, RedisLink};
+use super::scripts::{is_noscript, Invoke, Keys};
 use super::slots::{Slot, SlotMap};
-use crate::broker::{BrokerError, Confirm};
-use crate::history::{Epoch, Retention};
+use crate::broker::Confirm;
+use crate::history::Retention;
 use crate::metrics::{self, DropReason};
 use crate::protocol::Encoded;
+use batch::{pipeline, unconfirmed, Command};
 use masters::Masters;
 
 /// How often a refused publish is logged at most ([`refused`]).
@@ -212,6 +215,9 @@ fn by_master(map: &SlotMap, items: Vec<Outgoing>) -> Vec<(Option<NodeAddr>, Vec<
             None => parts.push((master, vec![item])),
         }
     }
+    for (_, part) in &mut parts {
+        batch::by_slot(part);
+    }
     parts
 }
 
@@ -314,17 +320,17 @@ async fn send_once(
     invoke: Invoke,
     sent: &mut Sent,
 ) -> Vec<Retry> {
-    let mut pipe = pipeline(&items, retention, way.publish(), invoke, conn.lineage());
+    let (mut pipe, commands) = pipeline(&items, retention, way.publish(), invoke, conn.lineage());
     let wait = way.replicas_to_wait(&items);
     if wait > 0 {
         pipe.cmd("WAIT").arg(wait).arg(REPLICA_WAIT_MS);
     }
-    let count = items.len() + usize::from(wait > 0);
+    let count = commands.len() + usize::from(wait > 0);
     let replies = match round_trip(conn, &pipe, count, way).await {
         Ok(mut replies) if replies.len() == count => {
             // WAIT's answer (how many replicas caught up) changes nothing:
             // it only bounds how long the confirmations wait for them.
-            replies.truncate(items.len());
+            replies.truncate(commands.len());
             replies
         }
         other => {
@@ -342,33 +348,28 @@ async fn send_once(
             return Vec::new();
         }
     };
+    let redirected = matches!(
+        way,
+        Way::Sharded {
+            master: Some(_),
+            ..
+        }
+    );
     let mut retry = Vec::new();
-    for (item, reply) in items.into_iter().zip(replies) {
+    let mut items = items.into_iter();
+    for (command, reply) in commands.into_iter().zip(replies) {
+        let part: Vec<Outgoing> = items.by_ref().take(command.len).collect();
         // The server was demoted (a failover): probe now, so that nothing
         // more is written to it.
         sent.suspect |= is_readonly(&reply);
-        if item.kept.is_some() && history::is_noscript(&reply) {
-            retry.push(Retry {
-                item,
-                noscript: true,
-            });
-        } else if matches!(
-            way,
-            Way::Sharded {
-                master: Some(_),
-                ..
-            }
-        ) && is_moved(&reply)
-        {
-            retry.push(Retry {
-                item,
-                noscript: false,
-            });
-        } else if settle(item, &reply) {
-            sent.ok += 1;
-        } else {
-            sent.failed += 1;
+        let noscript = command.kept && is_noscript(&reply);
+        if noscript || (redirected && is_moved(&reply)) {
+            retry.extend(part.into_iter().map(|item| Retry { item, noscript }));
+            continue;
         }
+        let (ok, failed) = batch::settle(command, part, &reply);
+        sent.ok += ok;
+        sent.failed += failed;
     }
     retry
 }
@@ -381,7 +382,7 @@ async fn send_alone(conn: &mut Commands, item: Outgoing, retention: Retention) -
         "unsent",
     )));
     for invoke in [Invoke::Sha, Invoke::Source] {
-        let pipe = pipeline(
+        let (pipe, _) = pipeline(
             std::slice::from_ref(&item),
             retention,
             Publish::Sharded,
@@ -396,8 +397,12 @@ async fn send_alone(conn: &mut Commands, item: Outgoing, retention: Retention) -
             break;
         }
     }
+    let command = Command {
+        len: 1,
+        kept: item.kept.is_some(),
+    };
     match reply {
-        Ok(reply) => settle(item, &reply),
+        Ok(reply) => batch::settle(command, vec![item], &reply).0 == 1,
         Err(e) => {
             tracing::debug!("a redirected publish failed: {e}");
             if unanswered(&e) {
@@ -418,7 +423,7 @@ fn unanswered(e: &redis::RedisError) -> bool {
 /// Says why Redis refused a publish (a `NOPERM` from an ACL that lacks a
 /// command, `OOM`, …): at most once every [`REFUSAL_LOG_EVERY`], since a
 /// refusal tends to come for every message.
-fn refused(code: &str, details: &str) {
+pub(super) fn refused(code: &str, details: &str) {
     static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
     let Ok(mut last) = LAST.lock() else {
         return;
@@ -441,14 +446,6 @@ fn is_readonly(reply: &Value) -> bool {
     }
 }
 
-/// Tells the messages' confirmations that their fate is unknown (rather
-/// than dropping them, which says "not published").
-fn unconfirmed(items: Vec<Outgoing>) {
-    for confirm in items.into_iter().filter_map(|i| i.confirm) {
-        confirm.tell(Err(BrokerError::Unconfirmed));
-    }
-}
-
 /// Sends a pipeline to its master (cluster) or to the one server.
 async fn round_trip(
     conn: &mut Commands,
@@ -467,65 +464,4 @@ async fn round_trip(
 
 fn is_moved(reply: &Value) -> bool {
     matches!(reply, Value::ServerError(e) if matches!(e.code(), "MOVED" | "ASK"))
-}
-
-/// Builds the pipeline: `PUBLISH` or the numbering script, in order.
-fn pipeline(
-    items: &[Outgoing],
-    retention: Retention,
-    publish: Publish,
-    invoke: Invoke,
-    lineage: &str,
-) -> redis::Pipeline {
-    let mut pipe = redis::Pipeline::with_capacity(items.len());
-    // Only used by a route that has no epoch yet; one per pipeline is
-    // enough (an epoch must differ from the route's earlier ones, not from
-    // other routes').
-    let fresh = items.iter().any(|i| i.kept.is_some()).then(Epoch::random);
-    for item in items {
-        let text = item.msg.as_str();
-        match (&item.kept, &fresh) {
-            (Some(kept), Some(fresh)) => {
-                pipe.add_command(history::number_cmd(
-                    &kept.keys,
-                    &item.channel,
-                    text,
-                    &kept.sender,
-                    retention,
-                    Numbering {
-                        invoke,
-                        publish,
-                        fresh,
-                        lineage,
-                    },
-                ));
-            }
-            _ => {
-                pipe.cmd(publish.command())
-                    .arg(&item.channel)
-                    .arg(text.as_bytes());
-            }
-        }
-    }
-    pipe
-}
-
-/// Whether the message went out; tells its confirmation (a kept
-/// message's position). A refused one's is dropped: not published.
-fn settle(item: Outgoing, reply: &Value) -> bool {
-    if let Value::ServerError(e) = reply {
-        refused(e.code(), e.details().unwrap_or(""));
-        return false;
-    }
-    let position = match item.kept {
-        Some(_) => match history::numbered(reply) {
-            Some(position) => Some(position),
-            None => return false,
-        },
-        None => None,
-    };
-    if let Some(confirm) = item.confirm {
-        confirm.tell(Ok(position));
-    }
-    true
 }

@@ -12,8 +12,9 @@ use std::time::Duration;
 use redis::RedisResult;
 
 use super::{Decoded, Fetches, Floor, Reader, Track, FETCHES_IN_FLIGHT};
-use crate::broker::redis::history::{self, Batch, Keys, Range, BATCH};
+use crate::broker::redis::history::{self, Batch, Range, BATCH};
 use crate::broker::redis::link::RedisLink;
+use crate::broker::redis::scripts::Keys;
 use crate::channels::Route;
 use crate::delivery::Delivery;
 use crate::history::{Epoch, Retention, RouteKind};
