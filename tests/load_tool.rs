@@ -123,6 +123,96 @@ async fn fanout_delivers_everything_in_order_and_counts_consistently() {
     assert!(latency["p99_ms"].as_f64().unwrap() <= latency["max_ms"].as_f64().unwrap());
 }
 
+/// `nats-server` (Debian's package, which scripts/test installs; root's
+/// PATH has /usr/sbin, another user's may not).
+fn nats_server() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|bin| bin.is_file())
+}
+
+/// A nats-server on free loopback ports with its WebSocket listener on
+/// (no TLS), killed when dropped.
+struct NatsServer {
+    child: std::process::Child,
+    ws_port: u16,
+    dir: PathBuf,
+}
+
+impl NatsServer {
+    fn start(bin: &std::path::Path) -> NatsServer {
+        let (port, ws_port) = (support::private_port(), support::private_port());
+        let dir = std::env::temp_dir().join(format!("aether-nats-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "host: 127.0.0.1\nport: {port}\n\
+                 websocket {{\n  host: 127.0.0.1\n  port: {ws_port}\n  no_tls: true\n}}\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("nats.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        let server = NatsServer {
+            child,
+            ws_port,
+            dir,
+        };
+        let deadline = std::time::Instant::now() + support::TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", ws_port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen: {}",
+                std::fs::read_to_string(server.dir.join("nats.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn nats_fanout_delivers_everything_from_a_real_nats_server() {
+    let Some(bin) = nats_server() else {
+        println!("skipped: nats-server is not installed (scripts/test installs it)");
+        return;
+    };
+    let nats = NatsServer::start(&bin);
+    let args = format!(
+        "nats-fanout --url ws://127.0.0.1:{} --groups 2 --subscribers 5 --rate 50 \
+         --duration 1 --warmup 0.2",
+        nats.ws_port
+    );
+    let report = run_load(words(&args)).await;
+    assert_eq!(report["scenario"], "nats-fanout");
+    assert_eq!(report["loss"], 0);
+    assert_eq!(report["order_violations"], 0);
+    let expected = report["expected"].as_u64().unwrap();
+    assert!(expected > 0);
+    assert_eq!(report["delivered"].as_u64().unwrap(), expected);
+    assert_eq!(expected % 5, 0);
+    assert!(report["latency"]["samples"].as_u64().unwrap() > 0);
+}
+
 #[tokio::test]
 async fn rtt_reports_round_trips_and_their_times() {
     let hub = TestHub::start().await;

@@ -100,6 +100,11 @@ pub struct Hubs {
     /// more than one port range of sockets fits.
     #[arg(long, default_value_t = 4)]
     sources: usize,
+    /// The last byte of the first source address (127.0.0.N): several load
+    /// processes on one machine each take their own addresses, so their
+    /// ephemeral ports do not compete.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    source_base: u8,
     /// PEM file of the CA certificate(s) to trust for wss:// URLs (required
     /// with them). Every socket makes a full handshake (no resumption), as
     /// distinct clients would.
@@ -125,10 +130,44 @@ pub struct Upgrade {
     recv_buffer: Option<u32>,
 }
 
+/// Why an upgrade did not give a socket.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The hub answered the upgrade with an HTTP status (503: full or over
+    /// its accept rate; 429: too many sockets of that client), and
+    /// possibly when to come back.
+    Refused {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// Anything else: no connection, a handshake that failed or took too
+    /// long.
+    Failed(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Refused {
+                status,
+                retry_after: Some(after),
+            } => write!(f, "HTTP {status} (Retry-After {} s)", after.as_secs()),
+            OpenError::Refused { status, .. } => write!(f, "HTTP {status}"),
+            OpenError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 impl Hubs {
     /// What the options cannot tell each on its own: a wss:// URL without
-    /// `--tls-ca`.
+    /// `--tls-ca`, source addresses past 127.0.0.255.
     pub fn check(&self) -> Result<(), String> {
+        if usize::from(self.source_base) + self.sources.max(1) - 1 > 255 {
+            return Err(format!(
+                "--source-base {} with --sources {} goes past 127.0.0.255",
+                self.source_base, self.sources
+            ));
+        }
         if self.tls_ca.is_none() {
             if let Some(t) = self.urls.iter().find(|t| t.tls.is_some()) {
                 return Err(format!("{t}: a wss:// URL needs --tls-ca FILE"));
@@ -161,43 +200,98 @@ impl Hubs {
         let base = &self.urls.get(target).ok_or("no --url")?.base;
         Ok(Upgrade {
             target,
-            from: source(i, self.sources),
+            from: source(i, self.sources, self.source_base),
             url: format!("{base}/v3/ws/group/{group}/client/{client}"),
             token: self.tokens.sign(client, group)?,
             recv_buffer: None,
         })
     }
 
+    /// How many hubs (`--url`s) there are.
+    pub fn count(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Prepares socket number `i` (its source address) for hub `target`
+    /// exactly (modulo the hub count), with `query` on the URL when not
+    /// empty: for a socket that chooses its hub itself, as one moving to
+    /// another instance after losing its own does.
+    pub fn upgrade_to(
+        &self,
+        target: usize,
+        i: usize,
+        group: &str,
+        client: &str,
+        query: &str,
+    ) -> Result<Upgrade, String> {
+        let target = target % self.urls.len().max(1);
+        let mut upgrade = self.upgrade(i, group, client)?;
+        let base = &self.urls.get(target).ok_or("no --url")?.base;
+        upgrade.target = target;
+        upgrade.url = format!("{base}/v3/ws/group/{group}/client/{client}");
+        if !query.is_empty() {
+            upgrade.url.push('?');
+            upgrade.url.push_str(query);
+        }
+        Ok(upgrade)
+    }
+
     /// Opens a prepared socket: TCP connect from its source address, the
     /// TLS handshake for wss://, then the WebSocket upgrade.
     pub async fn open(&self, upgrade: Upgrade) -> Result<Ws, String> {
-        let target = self.urls.get(upgrade.target).ok_or("no --url")?;
+        self.open_within(upgrade, HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Like [`Hubs::open`] within `limit`, telling an HTTP refusal (503 at
+    /// capacity or over the accept rate, 429) and its `Retry-After` apart
+    /// from other failures, so that a client can back off as told.
+    pub async fn open_within(&self, upgrade: Upgrade, limit: Duration) -> Result<Ws, OpenError> {
+        let target = self
+            .urls
+            .get(upgrade.target)
+            .ok_or_else(|| OpenError::Failed("no --url".into()))?;
         let handshake = async {
-            let request = self.tokens.request(upgrade.url, upgrade.token)?;
-            let stream = tcp(target.addr, upgrade.from, upgrade.recv_buffer).await?;
+            let request = self
+                .tokens
+                .request(upgrade.url, upgrade.token)
+                .map_err(OpenError::Failed)?;
+            let stream = tcp(target.addr, upgrade.from, upgrade.recv_buffer)
+                .await
+                .map_err(OpenError::Failed)?;
             let socket = match &target.tls {
                 None => Socket::Tcp(stream),
                 Some(name) => {
-                    let Tls(tls) = self
-                        .tls_ca
-                        .as_ref()
-                        .ok_or_else(|| format!("{target}: a wss:// URL needs --tls-ca FILE"))?;
-                    let stream = tls
-                        .connect(name.clone(), stream)
-                        .await
-                        .map_err(|e| format!("TLS handshake with {target}: {e}"))?;
+                    let Tls(tls) = self.tls_ca.as_ref().ok_or_else(|| {
+                        OpenError::Failed(format!("{target}: a wss:// URL needs --tls-ca FILE"))
+                    })?;
+                    let stream = tls.connect(name.clone(), stream).await.map_err(|e| {
+                        OpenError::Failed(format!("TLS handshake with {target}: {e}"))
+                    })?;
                     Socket::Tls(Box::new(TlsStream::Client(stream)))
                 }
             };
-            let (ws, _) =
-                tokio_tungstenite::client_async_with_config(request, socket, Some(config()))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            Ok(ws)
+            match tokio_tungstenite::client_async_with_config(request, socket, Some(config())).await
+            {
+                Ok((ws, _)) => Ok(ws),
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                    Err(OpenError::Refused {
+                        status: response.status().as_u16(),
+                        retry_after: response
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                            .map(Duration::from_secs),
+                    })
+                }
+                Err(e) => Err(OpenError::Failed(e.to_string())),
+            }
         };
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        tokio::time::timeout(limit, handshake)
             .await
-            .map_err(|_| format!("{target}: no WebSocket within {HANDSHAKE_TIMEOUT:?}"))?
+            .map_err(|_| OpenError::Failed(format!("{target}: no WebSocket within {limit:?}")))?
     }
 
     /// Connects socket number `i`, client `client` in `group`, signing its
@@ -261,9 +355,10 @@ fn tls_connector(path: &str) -> Result<Tls, String> {
     Ok(Tls(TlsConnector::from(Arc::new(config))))
 }
 
-/// The `i`-th of `n` loopback source addresses: 127.0.0.1, 127.0.0.2, ...
-fn source(i: usize, n: usize) -> IpAddr {
-    let host = (i % n.max(1)) as u8 + 1;
+/// The `i`-th of `n` loopback source addresses from 127.0.0.`base` on
+/// (`Hubs::check` keeps them below 127.0.0.255).
+fn source(i: usize, n: usize, base: u8) -> IpAddr {
+    let host = (i % n.max(1) + usize::from(base)).min(255) as u8;
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
 }
 
@@ -328,6 +423,14 @@ pub fn ticks_per_second() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::Target;
+
+    #[test]
+    fn sources_start_at_the_base() {
+        let at = |i, n, base| super::source(i, n, base).to_string();
+        assert_eq!(at(0, 4, 1), "127.0.0.1");
+        assert_eq!(at(5, 4, 2), "127.0.0.3");
+        assert_eq!(at(7, 1, 9), "127.0.0.9");
+    }
 
     #[test]
     fn targets_are_loopback_ws_or_wss() {

@@ -196,30 +196,30 @@ pub async fn run(args: Args) -> Result<(), String> {
     };
     let publishers = start_publishers(&args.hubs, "fan-g", &groups, pace, &counters, &stop).await?;
 
-    tokio::time::sleep(args.measure.warmup()).await;
-    let start_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
-    let start_delivered = totals.delivered.load(Ordering::SeqCst);
-    measure_from.store(stats::now_ns(), Ordering::SeqCst);
-    let started = std::time::Instant::now();
-    tokio::time::sleep(args.measure.duration()).await;
-    let seconds = started.elapsed().as_secs_f64();
-    let end_delivered = totals.delivered.load(Ordering::SeqCst);
-    let end_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
-    stop.cancel();
-    // Publishers stop at their next message; their sockets stay open until
-    // the tail is delivered.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // Everything sent must arrive: wait for the tail, bounded.
-    let total_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
-    let expected_all = total_sent * args.subscribers as u64;
-    let Outcome {
-        delivered: delivered_all,
-        loss,
-        order_violations: violations,
-        latency,
-    } = totals.settle(expected_all, readers, &publishers).await;
-    let deliveries = end_delivered - start_delivered;
-    let published = end_sent - start_sent;
+    let Measured {
+        seconds,
+        deliveries,
+        published,
+        total_sent,
+        expected: expected_all,
+        outcome:
+            Outcome {
+                delivered: delivered_all,
+                loss,
+                order_violations: violations,
+                latency,
+            },
+    } = measure(
+        &args.measure,
+        &groups,
+        args.subscribers,
+        &totals,
+        &measure_from,
+        readers,
+        &publishers,
+        &stop,
+    )
+    .await;
 
     println!(
         "fanout: {} groups x {} subscribers, rate {}: {:.0} deliveries/s, {:.0} published/s",
@@ -262,6 +262,59 @@ pub async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// What a run measured, once its tail has been waited for.
+pub struct Measured {
+    pub seconds: f64,
+    /// Deliveries and publications within the measured window.
+    pub deliveries: u64,
+    pub published: u64,
+    /// Everything the publishers sent, and the deliveries that owes.
+    pub total_sent: u64,
+    pub expected: u64,
+    pub outcome: Outcome,
+}
+
+/// Lets the started publishers run through the warm-up and the measured
+/// window, stops them and waits (bounded) for the tail, so that every
+/// scenario with this shape counts alike.
+#[allow(clippy::too_many_arguments)] // the pieces of one run, lent by its owner
+pub async fn measure(
+    measure: &stats::Measure,
+    groups: &[Arc<GroupState>],
+    subscribers: usize,
+    totals: &Totals,
+    measure_from: &AtomicU64,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    publishers: &[tokio::task::JoinHandle<()>],
+    stop: &tokio_util::sync::CancellationToken,
+) -> Measured {
+    tokio::time::sleep(measure.warmup()).await;
+    let start_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
+    let start_delivered = totals.delivered.load(Ordering::SeqCst);
+    measure_from.store(stats::now_ns(), Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    tokio::time::sleep(measure.duration()).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let end_delivered = totals.delivered.load(Ordering::SeqCst);
+    let end_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
+    stop.cancel();
+    // Publishers stop at their next message; their sockets stay open until
+    // the tail is delivered.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Everything sent must arrive: wait for the tail, bounded.
+    let total_sent: u64 = groups.iter().map(|g| g.sent.load(Ordering::SeqCst)).sum();
+    let expected = total_sent * subscribers as u64;
+    let outcome = totals.settle(expected, readers, publishers).await;
+    Measured {
+        seconds,
+        deliveries: end_delivered - start_delivered,
+        published: end_sent - start_sent,
+        total_sent,
+        expected,
+        outcome,
+    }
+}
+
 pub async fn subscribe(
     mut ws: client::Ws,
     paces: bool,
@@ -270,28 +323,68 @@ pub async fn subscribe(
     counters: Arc<Counters>,
     measure_from: Arc<AtomicU64>,
 ) {
-    let mut latency = totals.latency.recorder();
-    let mut next_seq = 0u64;
+    let mut seen = Seen::new(paces, group, totals, counters, measure_from);
     while let Some(Ok(frame)) = ws.next().await {
         let Message::Text(text) = frame else { continue };
+        seen.message(&text); // presence events carry no seq
+    }
+}
+
+/// One subscriber's account of the messages it receives: order, counts,
+/// the pace of its publisher if it is the tracked one, and latency once
+/// the measured window has begun.
+pub struct Seen {
+    paces: bool,
+    next_seq: u64,
+    group: Arc<GroupState>,
+    totals: Arc<Totals>,
+    counters: Arc<Counters>,
+    measure_from: Arc<AtomicU64>,
+    // Flushes its samples when dropped, which an aborted reader is.
+    latency: stats::Recorder,
+}
+
+impl Seen {
+    pub fn new(
+        paces: bool,
+        group: Arc<GroupState>,
+        totals: Arc<Totals>,
+        counters: Arc<Counters>,
+        measure_from: Arc<AtomicU64>,
+    ) -> Seen {
+        Seen {
+            paces,
+            next_seq: 0,
+            latency: totals.latency.recorder(),
+            group,
+            totals,
+            counters,
+            measure_from,
+        }
+    }
+
+    /// Counts one received text if it is one of [`message_text`]'s (it
+    /// carries a seq and a send time); false if it is not.
+    pub fn message(&mut self, text: &str) -> bool {
         let (Some(seq), Some(sent)) = (
-            stats::field_u64(&text, "\"seq\""),
-            stats::field_u64(&text, "\"t\""),
+            stats::field_u64(text, "\"seq\""),
+            stats::field_u64(text, "\"t\""),
         ) else {
-            continue; // presence events
+            return false;
         };
-        if seq != next_seq {
-            totals.order_violations.fetch_add(1, Ordering::Relaxed);
+        if seq != self.next_seq {
+            self.totals.order_violations.fetch_add(1, Ordering::Relaxed);
         }
-        next_seq = seq + 1;
-        totals.delivered.fetch_add(1, Ordering::Relaxed);
-        counters.received.fetch_add(1, Ordering::Relaxed);
-        if paces {
-            group.paced.store(seq + 1, Ordering::Release);
+        self.next_seq = seq + 1;
+        self.totals.delivered.fetch_add(1, Ordering::Relaxed);
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        if self.paces {
+            self.group.paced.store(seq + 1, Ordering::Release);
         }
-        if sent >= measure_from.load(Ordering::Relaxed) {
-            latency.record(stats::now_ns().saturating_sub(sent));
+        if sent >= self.measure_from.load(Ordering::Relaxed) {
+            self.latency.record(stats::now_ns().saturating_sub(sent));
         }
+        true
     }
 }
 
@@ -337,38 +430,13 @@ pub async fn publish(
     let _reading =
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(count_acks(incoming, group.clone())));
     let pad = "x".repeat(args.payload);
-    let ask = if args.acks { r#","ack_id":"a"# } else { "" };
-    let mut ticker = (args.rate > 0).then(|| {
-        let period = Duration::from_secs_f64(1.0 / args.rate as f64);
-        let first = tokio::time::Instant::now() + period.mul_f64(args.phase);
-        let mut t = tokio::time::interval_at(first, period);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        t
-    });
+    let mut pacer = Pacer::new(&args);
     let mut seq = 0u64;
     while !stop.is_cancelled() {
-        match &mut ticker {
-            Some(t) => {
-                t.tick().await;
-            }
-            None => {
-                while seq >= group.paced.load(Ordering::Acquire) + args.window {
-                    if stop.is_cancelled() {
-                        return;
-                    }
-                    tokio::task::yield_now().await;
-                }
-            }
+        if !pacer.ready(seq, &group, &stop).await {
+            return;
         }
-        let text = format!(
-            r#"{{"msg_type":"msg","target":"group","payload":{{"seq":{seq},"t":{},"pad":"{pad}"}}{ask}{}}}"#,
-            stats::now_ns(),
-            if args.acks {
-                format!(r#"{seq}""#)
-            } else {
-                String::new()
-            },
-        );
+        let text = message_text(seq, &pad, args.acks);
         if ws.send(Message::text(text)).await.is_err() {
             return;
         }
@@ -379,6 +447,70 @@ pub async fn publish(
     // Keep the socket open until the tail is delivered; the caller aborts.
     let _ = ws.flush().await;
     std::future::pending::<()>().await;
+}
+
+/// The text a publisher sends as message `seq`: the message with its seq
+/// and send time, `pad` after them (the payload's size), asking for an
+/// acknowledgement if `acks`.
+pub fn message_text(seq: u64, pad: &str, acks: bool) -> String {
+    let ask = if acks { r#","ack_id":"a"# } else { "" };
+    format!(
+        r#"{{"msg_type":"msg","target":"group","payload":{{"seq":{seq},"t":{},"pad":"{pad}"}}{ask}{}}}"#,
+        stats::now_ns(),
+        if acks {
+            format!(r#"{seq}""#)
+        } else {
+            String::new()
+        },
+    )
+}
+
+/// When a publisher may send its next message: on the ticks of its rate,
+/// or at full speed while it is less than a window ahead of its group's
+/// tracked subscriber.
+pub struct Pacer {
+    ticker: Option<tokio::time::Interval>,
+    window: u64,
+}
+
+impl Pacer {
+    pub fn new(pace: &Pace) -> Pacer {
+        let ticker = (pace.rate > 0).then(|| {
+            let period = Duration::from_secs_f64(1.0 / pace.rate as f64);
+            let first = tokio::time::Instant::now() + period.mul_f64(pace.phase);
+            let mut t = tokio::time::interval_at(first, period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            t
+        });
+        Pacer {
+            ticker,
+            window: pace.window,
+        }
+    }
+
+    /// Waits until message `seq` may go; false if `stop` came while
+    /// waiting for the window.
+    pub async fn ready(
+        &mut self,
+        seq: u64,
+        group: &GroupState,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        match &mut self.ticker {
+            Some(t) => {
+                t.tick().await;
+            }
+            None => {
+                while seq >= group.paced.load(Ordering::Acquire) + self.window {
+                    if stop.is_cancelled() {
+                        return false;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        true
+    }
 }
 
 /// Counts a publisher's acknowledgements by status.

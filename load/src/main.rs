@@ -11,7 +11,9 @@ mod churn;
 mod client;
 mod connect;
 mod fanout;
+mod fleet;
 mod keys;
+mod nats;
 mod recover;
 mod rtt;
 mod soak;
@@ -40,6 +42,9 @@ enum Scenario {
     /// Groups of subscribers, one publisher per group: deliveries/s,
     /// latency, loss and order.
     Fanout(fanout::Args),
+    /// The same fan-out against a nats-server's WebSocket listener (NATS
+    /// client protocol): the baseline of benches/nats.sh.
+    NatsFanout(nats::Args),
     /// Pairs ping-ponging direct messages: round trips/s and RTT.
     Rtt(rtt::Args),
     /// Subscribers leaving and rejoining beside a stable set that must
@@ -53,6 +58,11 @@ enum Scenario {
     /// reconnecting with recovery, a slow consumer now and then; a CSV row
     /// a minute (benches/soak.sh).
     Soak(soak::Args),
+    /// One process's share of a fleet-scale run: sockets in small groups
+    /// over several hubs, steady group traffic, broadcast probes, and
+    /// returns with since_* to another hub when a hub dies; a CSV row a
+    /// second (benches/fleet.sh).
+    Fleet(fleet::Args),
     /// Write a fresh P-256 key (es256.pem, for --token-key) and its JWKS
     /// (jwks.json, for the hub's AETHER_TOKEN_JWKS_FILE) into a directory.
     Keys(keys::Args),
@@ -65,10 +75,12 @@ async fn main() -> ExitCode {
     let result = match cli.scenario {
         Scenario::Connect(args) => connect::run(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
+        Scenario::NatsFanout(args) => nats::run(args).await,
         Scenario::Rtt(args) => rtt::run(args).await,
         Scenario::Churn(args) => churn::run(args).await,
         Scenario::Recover(args) => recover::run(args).await,
         Scenario::Soak(args) => soak::run(args).await,
+        Scenario::Fleet(args) => fleet::run(args).await,
         Scenario::Keys(args) => keys::run(args),
     };
     match result {
