@@ -29,7 +29,12 @@ hub_bin=target/release/aether-hub
 load=target/release/aether-load
 work=$(mktemp -d)
 pids=() redis_pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait "${pids[@]}" 2>/dev/null || true; pids=(); }
+cleanup() { # the hubs (a bare `wait` would wait for Redis too)
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
 trap 'cleanup; kill "${redis_pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
