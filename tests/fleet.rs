@@ -18,11 +18,11 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::load_tool;
 use support::process::spawn_hub;
 use support::redis::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -33,54 +33,6 @@ const HUBS: u64 = 3;
 const KILL_AFTER: Duration = Duration::from_secs(3);
 /// The whole test, hubs and Redis included.
 const BOUND: Duration = Duration::from_secs(55);
-
-/// The load tool's binary: a crate of its own in the workspace (`load/`),
-/// built beside this test by `scripts/test` (`cargo build --workspace`).
-fn load_tool() -> PathBuf {
-    // target/<profile>/deps/fleet-… -> target/<profile>/aether-load
-    let exe = std::env::current_exe().expect("the test's own path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .join("aether-load");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (scripts/test does, or `cargo build -p aether-load`)",
-        bin.display()
-    );
-    // `cargo test --test fleet` does not build the other crate's binary:
-    // a binary older than its sources would test yesterday's tool.
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-    let sources = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("load/src");
-    if let (Some(built), Some(newest)) = (built, newest_file(&sources, 3)) {
-        assert!(
-            newest <= built,
-            "{} is older than load/src: rebuild it (`cargo build -p aether-load`)",
-            bin.display()
-        );
-    }
-    bin
-}
-
-/// The latest modification time of the files under `dir`, `depth` levels
-/// down at most.
-fn newest_file(dir: &std::path::Path, depth: u32) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let time = if path.is_dir() {
-            if depth == 0 {
-                continue;
-            }
-            newest_file(&path, depth - 1)
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(time);
-    }
-    newest
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instances_sockets_come_back_whole_on_the_others() {
@@ -112,7 +64,7 @@ async fn storm() {
         KILL_AFTER.as_secs_f64() + 0.4
     );
     args.extend(figures.split_whitespace().map(str::to_owned));
-    let mut tool = tokio::process::Command::new(load_tool())
+    let mut tool = tokio::process::Command::new(load_tool::path())
         .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,25 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use support::{tokens, TestHub};
-
-/// The load tool's binary: a crate of its own in the workspace (`load/`),
-/// built beside this test by `scripts/test` (`cargo build --workspace`).
-fn load_tool() -> PathBuf {
-    // target/<profile>/deps/load_tool-… -> target/<profile>/aether-load
-    let exe = std::env::current_exe().expect("the test's own path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .join("aether-load");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (scripts/test does, or `cargo build -p aether-load`)",
-        bin.display()
-    );
-    bin
-}
+use support::{load_tool, tokens, TestHub};
 
 fn last_json(stdout: &[u8]) -> serde_json::Value {
     let text = String::from_utf8_lossy(stdout);
@@ -68,7 +50,7 @@ async fn connect_opens_holds_and_reports() {
 
 #[test]
 fn the_load_tool_refuses_targets_off_loopback() {
-    let out = Command::new(load_tool())
+    let out = Command::new(load_tool::path())
         .args(["connect", "--url", "ws://10.1.2.3:8080", "--sockets", "1"])
         .output()
         .expect("run aether-load");
@@ -88,7 +70,7 @@ async fn run_load(args: Vec<String>) -> serde_json::Value {
 
 /// Runs the load tool to its end, killed if it takes longer than a minute.
 async fn run_tool(args: &[String]) -> std::process::Output {
-    let child = tokio::process::Command::new(load_tool())
+    let child = tokio::process::Command::new(load_tool::path())
         .args(args)
         .kill_on_drop(true)
         .output();
@@ -110,17 +92,22 @@ async fn fanout_delivers_everything_in_order_and_counts_consistently() {
         hub.addr
     );
     let report = run_load(words(&args)).await;
-    assert_eq!(report["scenario"], "fanout");
+    assert_delivered_whole(&report, "fanout", 5);
+    let latency = &report["latency"];
+    assert!(latency["p50_ms"].as_f64().unwrap() <= latency["p99_ms"].as_f64().unwrap());
+    assert!(latency["p99_ms"].as_f64().unwrap() <= latency["max_ms"].as_f64().unwrap());
+}
+
+/// A fan-out report (`fanout`, `nats-fanout`) of `scenario` that says
+/// every message reached each of the `subscribers` of its group, in order.
+fn assert_delivered_whole(report: &serde_json::Value, scenario: &str, subscribers: u64) {
+    assert_eq!(report["scenario"], scenario);
     assert_eq!(report["loss"], 0);
     assert_eq!(report["order_violations"], 0);
     let expected = report["expected"].as_u64().unwrap();
     assert!(expected > 0);
     assert_eq!(report["delivered"].as_u64().unwrap(), expected);
-    // Every message reaches each of the 5 subscribers of its group.
-    assert_eq!(expected % 5, 0);
-    let latency = &report["latency"];
-    assert!(latency["p50_ms"].as_f64().unwrap() <= latency["p99_ms"].as_f64().unwrap());
-    assert!(latency["p99_ms"].as_f64().unwrap() <= latency["max_ms"].as_f64().unwrap());
+    assert_eq!(expected % subscribers, 0);
 }
 
 /// `nats-server` (Debian's package, which scripts/test installs; root's
@@ -203,13 +190,7 @@ async fn nats_fanout_delivers_everything_from_a_real_nats_server() {
         nats.ws_port
     );
     let report = run_load(words(&args)).await;
-    assert_eq!(report["scenario"], "nats-fanout");
-    assert_eq!(report["loss"], 0);
-    assert_eq!(report["order_violations"], 0);
-    let expected = report["expected"].as_u64().unwrap();
-    assert!(expected > 0);
-    assert_eq!(report["delivered"].as_u64().unwrap(), expected);
-    assert_eq!(expected % 5, 0);
+    assert_delivered_whole(&report, "nats-fanout", 5);
     assert!(report["latency"]["samples"].as_u64().unwrap() > 0);
 }
 
@@ -510,7 +491,7 @@ fn wss_needs_a_ca_and_a_loopback_host() {
         ("wss://10.1.2.3:8443", "loopback"),
         ("wss://example.com:8443", "expected"),
     ] {
-        let out = Command::new(load_tool())
+        let out = Command::new(load_tool::path())
             .args(["connect", "--url", url, "--sockets", "1"])
             .output()
             .expect("run aether-load");

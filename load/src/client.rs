@@ -14,7 +14,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::{TlsConnector, TlsStream};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::tokens::Tokens;
@@ -362,16 +362,23 @@ fn source(i: usize, n: usize, base: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))
 }
 
-fn config() -> WebSocketConfig {
+/// The lean WebSocket buffers of every socket of the load tool (the
+/// `nats-fanout` baseline's too, so both sides of a comparison pay the
+/// same per socket).
+pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(1024 * 1024)
 }
 
-/// A TCP connection from `from` to `to`, with a fixed receive buffer if
-/// given.
-async fn tcp(to: SocketAddr, from: IpAddr, recv_buffer: Option<u32>) -> Result<TcpStream, String> {
+/// A TCP connection from `from` to `to` with Nagle off, with a fixed
+/// receive buffer if given.
+pub async fn tcp(
+    to: SocketAddr,
+    from: IpAddr,
+    recv_buffer: Option<u32>,
+) -> Result<TcpStream, String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     if let Some(bytes) = recv_buffer {
         socket
@@ -387,6 +394,14 @@ async fn tcp(to: SocketAddr, from: IpAddr, recv_buffer: Option<u32>) -> Result<T
         .map_err(|e| format!("connect {to}: {e}"))?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// Why the hub closed a socket, from its close frame (for notes).
+pub fn closed(frame: Option<CloseFrame>) -> String {
+    match frame {
+        Some(f) => format!("closed by the hub: {} {}", u16::from(f.code), f.reason),
+        None => "closed by the hub without a code".into(),
+    }
 }
 
 /// VmRSS of a process, in KiB.

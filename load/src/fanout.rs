@@ -196,20 +196,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     };
     let publishers = start_publishers(&args.hubs, "fan-g", &groups, pace, &counters, &stop).await?;
 
-    let Measured {
-        seconds,
-        deliveries,
-        published,
-        total_sent,
-        expected: expected_all,
-        outcome:
-            Outcome {
-                delivered: delivered_all,
-                loss,
-                order_violations: violations,
-                latency,
-            },
-    } = measure(
+    let measured = measure(
         &args.measure,
         &groups,
         args.subscribers,
@@ -220,46 +207,111 @@ pub async fn run(args: Args) -> Result<(), String> {
         &stop,
     )
     .await;
+    let shape = Shape {
+        scenario: "fanout",
+        groups_are: "groups",
+        groups: args.groups,
+        subscribers: args.subscribers,
+        rate: args.rate,
+        payload: args.measure.payload,
+    };
+    report(&shape, &measured, Some(Acks::count(args.acks, &groups)));
+    Ok(())
+}
 
+/// What a fan-out shaped run (`fanout`, `nats-fanout`) was, for its report.
+pub struct Shape {
+    /// Its name: the summary line's first word and the JSON's `scenario`.
+    pub scenario: &'static str,
+    /// What the summary line calls its groups (`nats-fanout`: subjects).
+    pub groups_are: &'static str,
+    pub groups: usize,
+    pub subscribers: usize,
+    /// Messages per second per publisher; 0 = as fast as the window allows.
+    pub rate: u64,
+    pub payload: usize,
+}
+
+/// The acknowledgements of a run's publishers (`fanout` only).
+pub struct Acks {
+    /// `--acks`: the publishers asked for them.
+    pub asked: bool,
+    pub ok: u64,
+    pub other: u64,
+}
+
+impl Acks {
+    /// Sums what `groups`' publishers got.
+    pub fn count(asked: bool, groups: &[Arc<GroupState>]) -> Acks {
+        Acks {
+            asked,
+            ok: groups.iter().map(|g| g.acked.load(Ordering::SeqCst)).sum(),
+            other: groups.iter().map(|g| g.not_ok.load(Ordering::SeqCst)).sum(),
+        }
+    }
+}
+
+/// Prints the end of a fan-out shaped run: the summary lines (with `acks`,
+/// a line of them if the publishers asked for them), then as the last line
+/// the JSON object (with `acks`, their fields after the others).
+pub fn report(shape: &Shape, measured: &Measured, acks: Option<Acks>) {
+    let Measured {
+        seconds,
+        deliveries,
+        published,
+        total_sent,
+        expected,
+        outcome:
+            Outcome {
+                delivered,
+                loss,
+                order_violations,
+                latency,
+            },
+    } = measured;
     println!(
-        "fanout: {} groups x {} subscribers, rate {}: {:.0} deliveries/s, {:.0} published/s",
-        args.groups,
-        args.subscribers,
-        if args.rate == 0 {
+        "{}: {} {} x {} subscribers, rate {}: {:.0} deliveries/s, {:.0} published/s",
+        shape.scenario,
+        shape.groups,
+        shape.groups_are,
+        shape.subscribers,
+        if shape.rate == 0 {
             "max".to_string()
         } else {
-            args.rate.to_string()
+            shape.rate.to_string()
         },
-        deliveries as f64 / seconds,
-        published as f64 / seconds
+        *deliveries as f64 / seconds,
+        *published as f64 / seconds
     );
-    println!("latency: {}", stats::describe(&latency));
-    println!("loss: {loss} of {expected_all}; order violations: {violations}");
-    let acked: u64 = groups.iter().map(|g| g.acked.load(Ordering::SeqCst)).sum();
-    let not_ok: u64 = groups.iter().map(|g| g.not_ok.load(Ordering::SeqCst)).sum();
-    if args.acks {
-        println!("acks: {acked} ok, {not_ok} other, of {total_sent} sent");
-    }
-    let summary = serde_json::json!({
-        "scenario": "fanout",
-        "groups": args.groups,
-        "subscribers": args.subscribers,
-        "rate": args.rate,
-        "payload_bytes": args.measure.payload,
+    println!("latency: {}", stats::describe(latency));
+    println!("loss: {loss} of {expected}; order violations: {order_violations}");
+    let mut summary = serde_json::json!({
+        "scenario": shape.scenario,
+        "groups": shape.groups,
+        "subscribers": shape.subscribers,
+        "rate": shape.rate,
+        "payload_bytes": shape.payload,
         "seconds": seconds,
-        "deliveries_per_sec": deliveries as f64 / seconds,
-        "published_per_sec": published as f64 / seconds,
-        "latency": stats::percentiles(&latency),
-        "expected": expected_all,
-        "delivered": delivered_all,
+        "deliveries_per_sec": *deliveries as f64 / seconds,
+        "published_per_sec": *published as f64 / seconds,
+        "latency": stats::percentiles(latency),
+        "expected": expected,
+        "delivered": delivered,
         "loss": loss,
-        "order_violations": violations,
-        "acks": args.acks,
-        "acked_ok": acked,
-        "acked_other": not_ok,
+        "order_violations": order_violations,
     });
+    if let Some(acks) = acks {
+        if acks.asked {
+            println!(
+                "acks: {} ok, {} other, of {total_sent} sent",
+                acks.ok, acks.other
+            );
+        }
+        summary["acks"] = acks.asked.into();
+        summary["acked_ok"] = acks.ok.into();
+        summary["acked_other"] = acks.other.into();
+    }
     println!("{summary}");
-    Ok(())
 }
 
 /// What a run measured, once its tail has been waited for.

@@ -11,7 +11,7 @@
 //! first connect (`since_*=new`) and, when its hub goes away, reconnects
 //! to another hub at random with them, after a full-jitter backoff
 //! (`member`, `backoff`: a 503 is one more failure, unless
-//! `--retry-after`), and checks what comes back (`session`, `route`).
+//! `--retry-after`), and checks what comes back (`session`, `crate::track`).
 //!
 //! The run: connect everything (bounded by `--setup-timeout`), wait for
 //! `--go-file` to exist if given (so that several processes start their
@@ -32,7 +32,6 @@ mod backoff;
 mod member;
 mod probe;
 mod report;
-mod route;
 mod session;
 mod tally;
 
@@ -46,6 +45,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Hubs;
+use crate::wait;
 use backoff::Backoff;
 use member::Member;
 use report::{Row, Summary};
@@ -306,7 +306,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     tokio::time::sleep_until(go + duration).await;
     let up_at_end = shared.tally.up.load(Ordering::SeqCst);
     shared.stop.cancel();
-    finish(members).await;
+    wait::finish(members).await;
     prober.abort();
     set(&phase, Phase::End);
     // One last row with what the end counted (the tail check), then the
@@ -339,17 +339,5 @@ pub async fn run(args: Args) -> Result<(), String> {
 fn set(phase: &std::sync::Mutex<Phase>, to: Phase) {
     if let Ok(mut p) = phase.lock() {
         *p = to;
-    }
-}
-
-/// Lets the members close their sockets (bounded), then aborts the rest.
-async fn finish(members: Vec<tokio::task::JoinHandle<()>>) {
-    let aborts: Vec<_> = members.iter().map(|m| m.abort_handle()).collect();
-    let all = futures_util::future::join_all(members);
-    if tokio::time::timeout(Duration::from_secs(10), all)
-        .await
-        .is_err()
-    {
-        aborts.iter().for_each(|a| a.abort());
     }
 }

@@ -19,6 +19,8 @@ mod rtt;
 mod soak;
 mod stats;
 mod tokens;
+mod track;
+mod wait;
 
 use std::process::ExitCode;
 

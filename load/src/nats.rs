@@ -19,13 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::client::Target;
-use crate::fanout::{self, GroupState, Measured, Outcome, Pace, Pacer, Seen, Totals};
+use crate::client::{self, Target};
+use crate::fanout::{self, GroupState, Pace, Pacer, Seen, Shape, Totals};
 use crate::stats::{self, Counters, Progress};
 
 #[derive(clap::Args, Clone)]
@@ -143,20 +142,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         )));
     }
 
-    let Measured {
-        seconds,
-        deliveries,
-        published,
-        total_sent: _,
-        expected,
-        outcome:
-            Outcome {
-                delivered,
-                loss,
-                order_violations,
-                latency,
-            },
-    } = fanout::measure(
+    let measured = fanout::measure(
         &args.measure,
         &groups,
         args.subscribers,
@@ -167,37 +153,15 @@ pub async fn run(args: Args) -> Result<(), String> {
         &stop,
     )
     .await;
-
-    println!(
-        "nats-fanout: {} subjects x {} subscribers, rate {}: {:.0} deliveries/s, {:.0} published/s",
-        args.groups,
-        args.subscribers,
-        if args.rate == 0 {
-            "max".to_string()
-        } else {
-            args.rate.to_string()
-        },
-        deliveries as f64 / seconds,
-        published as f64 / seconds
-    );
-    println!("latency: {}", stats::describe(&latency));
-    println!("loss: {loss} of {expected}; order violations: {order_violations}");
-    let summary = serde_json::json!({
-        "scenario": "nats-fanout",
-        "groups": args.groups,
-        "subscribers": args.subscribers,
-        "rate": args.rate,
-        "payload_bytes": args.measure.payload,
-        "seconds": seconds,
-        "deliveries_per_sec": deliveries as f64 / seconds,
-        "published_per_sec": published as f64 / seconds,
-        "latency": stats::percentiles(&latency),
-        "expected": expected,
-        "delivered": delivered,
-        "loss": loss,
-        "order_violations": order_violations,
-    });
-    println!("{summary}");
+    let shape = Shape {
+        scenario: "nats-fanout",
+        groups_are: "subjects",
+        groups: args.groups,
+        subscribers: args.subscribers,
+        rate: args.rate,
+        payload: args.measure.payload,
+    };
+    fanout::report(&shape, &measured, None);
     Ok(())
 }
 
@@ -290,25 +254,14 @@ fn bytes_of(frame: &Message) -> &[u8] {
     }
 }
 
-/// TCP from `from` to `to` with Nagle off, then the upgrade with the same
-/// lean buffers as the hub scenarios' client (`client.rs`), so both sides
-/// of a comparison pay the same per socket.
+/// TCP from `from` to `to` with Nagle off, then the upgrade, with the same
+/// socket and lean buffers as the hub scenarios' client (`client.rs`), so
+/// both sides of a comparison pay the same per socket.
 async fn open(to: SocketAddr, from: IpAddr) -> Result<Ws, String> {
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind(SocketAddr::new(from, 0))
-        .map_err(|e| format!("bind {from}: {e}"))?;
-    let stream = socket
-        .connect(to)
-        .await
-        .map_err(|e| format!("connect {to}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(1024 * 1024);
+    let stream = client::tcp(to, from, None).await?;
+    let config = Some(client::config());
     let (ws, _) =
-        tokio_tungstenite::client_async_with_config(format!("ws://{to}/"), stream, Some(config))
+        tokio_tungstenite::client_async_with_config(format!("ws://{to}/"), stream, config)
             .await
             .map_err(|e| format!("ws://{to}/: {e}"))?;
     Ok(ws)

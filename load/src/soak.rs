@@ -14,7 +14,7 @@
 //!
 //! Every socket asks for its positions on its first connect
 //! (`since_*=new`), judges every kept message and recovery summary it gets
-//! (`track`: losses, order violations, recoveries), and records the
+//! (`crate::track`: losses, order violations, recoveries), and records the
 //! latency of live messages (send time in the payload, this process's
 //! clock). Output: a CSV header, a row every `--report-every` seconds (row
 //! 0 once every socket is up, before traffic; counts are per row, but
@@ -23,15 +23,14 @@
 //! The run is here: it starts the members, prints the rows, schedules the
 //! slow consumers and sums up. [`member`] holds a socket's life (connect,
 //! churn, resume), [`session`] one connection's traffic and judging,
-//! [`tally`] the counters and columns, [`track`] the judging of routes, and
-//! [`slow`] one slow-consumer round.
+//! [`tally`] the counters and columns, [`crate::track`] the judging of
+//! routes (shared with `fleet`), and [`slow`] one slow-consumer round.
 
 mod life;
 mod member;
 mod session;
 mod slow;
 mod tally;
-mod track;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::Hubs;
 use crate::stats;
+use crate::wait;
 use life::member;
 use member::Member;
 use tally::{Tally, C, COLUMNS};
@@ -177,7 +177,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     shared.stop.cancel();
     slow.abort();
     progress.abort();
-    finish(members).await;
+    wait::finish(members).await;
     print_summary(&shared, setup_seconds, seconds, connected, &latency);
     Ok(())
 }
@@ -187,18 +187,6 @@ async fn wait_ready(shared: &Shared, sockets: usize) {
     let deadline = Instant::now() + SETUP_TIMEOUT;
     while shared.ready.load(Ordering::SeqCst) < sockets && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Lets the members close their sockets (bounded), then aborts the rest.
-async fn finish(members: Vec<tokio::task::JoinHandle<()>>) {
-    let aborts: Vec<_> = members.iter().map(|m| m.abort_handle()).collect();
-    let all = futures_util::future::join_all(members);
-    if tokio::time::timeout(Duration::from_secs(10), all)
-        .await
-        .is_err()
-    {
-        aborts.iter().for_each(|a| a.abort());
     }
 }
 

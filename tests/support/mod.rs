@@ -11,6 +11,7 @@ pub mod attack;
 pub mod blip;
 pub mod cluster;
 pub mod history;
+pub mod load_tool;
 pub mod netns;
 pub mod process;
 pub mod prometheus;

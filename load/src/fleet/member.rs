@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use tokio::time::{Instant, Interval};
 
-use super::route::{Kind, Track};
 use super::session::{End, Session};
 use super::tally::C;
 use super::{unix_ms, Shared};
 use crate::client::{self, OpenError};
+use crate::track::{Ended, Kind, Positions};
 
 /// Connect attempts for one (re)connect; the run's end stops them sooner.
 const ATTEMPTS: u32 = 10_000;
@@ -58,7 +58,9 @@ impl Member {
 
 /// What a member keeps across its connections.
 pub(super) struct State {
-    pub(super) tracks: [Track; 2],
+    /// Its positions; an epoch left is forgotten (another is an anomaly
+    /// of its own here: nothing in the fleet bench restarts Redis).
+    pub(super) positions: Positions,
     /// Ever dropped: its latency no longer counts among the others'.
     pub(super) affected: bool,
     /// The controller's pace, from go to quiet.
@@ -72,20 +74,10 @@ pub(super) struct State {
     pub(super) ever_up: bool,
 }
 
-impl State {
-    fn query(&self, me: Member) -> String {
-        me.routes()
-            .iter()
-            .map(|k| format!("since_{}={}", k.name(), self.tracks[*k as usize].since()))
-            .collect::<Vec<_>>()
-            .join("&")
-    }
-}
-
 /// One member's life until the run stops.
 pub(super) async fn life(shared: Arc<Shared>, me: Member) {
     let mut state = State {
-        tracks: [Track::default(), Track::default()],
+        positions: Positions::new(Ended::Forget),
         affected: false,
         pace: None,
         seq: 0,
@@ -141,7 +133,7 @@ fn tail_check(shared: &Shared, me: Member, state: &State) {
         return;
     };
     let acked = acked.load(Ordering::SeqCst);
-    let seen = state.tracks[Kind::Group as usize].offset();
+    let seen = state.positions[Kind::Group].offset();
     if acked > seen {
         shared.tally.add(C::TailLoss, acked - seen);
         shared.tally.note(|| {
@@ -174,7 +166,11 @@ async fn connect(
     first: bool,
 ) -> Option<client::Ws> {
     let id = shared.args.id;
-    let (group, client, query) = (me.group_id(id), me.client_id(id), state.query(me));
+    let (group, client, query) = (
+        me.group_id(id),
+        me.client_id(id),
+        state.positions.query(me.routes()),
+    );
     let hubs = shared.args.hubs.count().max(1);
     let mut retry_after = None;
     for attempt in 0..ATTEMPTS {

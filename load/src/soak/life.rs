@@ -9,9 +9,9 @@ use std::time::Duration;
 use super::member::{Churn, End, Member};
 use super::session::{Session, Traffic};
 use super::tally::C;
-use super::track::Position;
 use super::Shared;
 use crate::client;
+use crate::track::{Ended, Positions};
 
 /// Connect attempts for one (re)connect, `RETRY` apart.
 const CONNECT_ATTEMPTS: usize = 240;
@@ -20,7 +20,8 @@ const RETRY: Duration = Duration::from_millis(500);
 /// One member's life: connect, run, and come back after a churn or a
 /// lost connection, resuming from its positions, until the run ends.
 pub(super) async fn member(shared: Arc<Shared>, me: Member) {
-    let mut positions = [Position::default(), Position::default()];
+    // Ended epochs are remembered: a late message of one is out of order.
+    let mut positions = Positions::new(Ended::Remember);
     let mut traffic = Traffic::new(&shared.args, me);
     let mut churn = Churn::new(&shared, me);
     let mut ready = false;
@@ -58,10 +59,10 @@ pub(super) async fn member(shared: Arc<Shared>, me: Member) {
 async fn connect(
     shared: &Shared,
     me: Member,
-    positions: &[Position; 2],
+    positions: &Positions,
     round: usize,
 ) -> Option<client::Ws> {
-    let (group, client, query) = (me.group_id(), me.client_id(), me.query(positions));
+    let (group, client, query) = (me.group_id(), me.client_id(), positions.query(me.routes()));
     for attempt in 0..CONNECT_ATTEMPTS {
         let opened = {
             let _permit = shared.gate.acquire().await.ok()?;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::track::{Kind, Position};
 use super::Shared;
+use crate::track::Kind;
 
 /// One socket of the load: member `n` of group `group` (0: controller).
 #[derive(Clone, Copy)]
@@ -46,16 +46,8 @@ impl Member {
         if self.is_controller() {
             &[Kind::Client]
         } else {
-            &Kind::ALL
+            &[Kind::Group, Kind::Client]
         }
-    }
-
-    pub(super) fn query(self, positions: &[Position; 2]) -> String {
-        self.routes()
-            .iter()
-            .map(|k| format!("since_{}={}", k.name(), positions[*k as usize].since()))
-            .collect::<Vec<_>>()
-            .join("&")
     }
 }
 

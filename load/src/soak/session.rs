@@ -1,8 +1,8 @@
 //! One connection of a member: a [`Session`] sends the controller's
 //! traffic ([`Traffic`]: group messages and direct commands at their
 //! paces), answers commands as a worker, judges every kept message and the
-//! recovery summary (`track`), records live latency, and ends on the run's
-//! stop, its [`Churn`] departure, or a lost connection.
+//! recovery summary (`crate::track`), records live latency, and ends on the
+//! run's stop, its [`Churn`] departure, or a lost connection.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,8 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::member::{Churn, End, Member};
 use super::tally::C;
-use super::track::{self, Kind, Position, Step, Verdict};
 use super::{Args, Shared};
+use crate::track::{self, Kind, Positions, Resume, Step, Verdict};
+use crate::wait::{at, tick};
 use crate::{client, stats};
 
 /// How long a recovery summary may take after the upgrade.
@@ -77,9 +78,7 @@ impl Traffic {
 /// Until its recovery summary: where a connection resumed from, and what
 /// each route replayed.
 struct Pending {
-    /// Per route: the epoch resumed from (None: asked `new`).
-    asked: [Option<String>; 2],
-    replayed: [u64; 2],
+    resume: Resume,
     deadline: Instant,
 }
 
@@ -87,44 +86,20 @@ struct Pending {
 pub(super) struct Session<'a> {
     shared: &'a Shared,
     me: Member,
-    positions: &'a mut [Position; 2],
+    positions: &'a mut Positions,
     ready: &'a mut bool,
     pending: Option<Pending>,
-}
-
-/// A future that never completes, for a timer that is not set.
-async fn at(when: Option<Instant>) {
-    match when {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn tick(every: &mut Option<Interval>) {
-    match every {
-        Some(i) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 impl<'a> Session<'a> {
     pub(super) fn new(
         shared: &'a Shared,
         me: Member,
-        positions: &'a mut [Position; 2],
+        positions: &'a mut Positions,
         ready: &'a mut bool,
     ) -> Session<'a> {
-        let asked = [Kind::Group, Kind::Client].map(|k| {
-            me.routes()
-                .contains(&k)
-                .then(|| positions[k as usize].epoch().map(str::to_owned))
-                .flatten()
-        });
         let pending = Some(Pending {
-            asked,
-            replayed: [0, 0],
+            resume: Resume::new(positions, me.routes()),
             deadline: Instant::now() + SUMMARY_TIMEOUT,
         });
         Session {
@@ -178,12 +153,7 @@ impl<'a> Session<'a> {
                 }
                 frame = ws.next() => match frame {
                     Some(Ok(Message::Text(text))) => self.on_text(&text),
-                    Some(Ok(Message::Close(frame))) => {
-                        return End::Lost(match frame {
-                            Some(f) => format!("closed by the hub: {} {}", u16::from(f.code), f.reason),
-                            None => "closed by the hub without a code".into(),
-                        });
-                    }
+                    Some(Ok(Message::Close(frame))) => return End::Lost(client::closed(frame)),
                     Some(Ok(_)) => None,
                     Some(Err(e)) => return End::Lost(e.to_string()),
                     None => return End::Lost("connection ended".into()),
@@ -209,7 +179,7 @@ impl<'a> Session<'a> {
         tally.add(C::Deliveries, 1);
         match &mut self.pending {
             Some(p) => {
-                p.replayed[kind as usize] += 1;
+                p.resume.replayed(kind);
                 tally.add(C::Replayed, 1);
             }
             None => {
@@ -234,11 +204,12 @@ impl<'a> Session<'a> {
     fn judge(&mut self, kind: Kind, epoch: &str, offset: u64) {
         let tally = &self.shared.tally;
         let loss = match kind {
-            Kind::Group => C::LossGroup,
             Kind::Client => C::LossClient,
+            // (No broadcast in the soak.)
+            Kind::Group | Kind::Broadcast => C::LossGroup,
         };
         let who = self.me.client_id();
-        match self.positions[kind as usize].see(epoch, offset) {
+        match self.positions[kind].see(epoch, offset) {
             Step::Next => {}
             Step::Skipped(n) => {
                 tally.add(loss, n);
@@ -295,25 +266,30 @@ impl<'a> Session<'a> {
                 tally.note(|| format!("{who}: no {} entry in {text}", kind.name()));
                 continue;
             };
-            let k = kind as usize;
-            let Some(asked) = &pending.asked[k] else {
-                // The first connect (`new`): the position to start from.
-                self.positions[k].set(&entry.epoch, entry.offset);
-                continue;
-            };
-            match track::verdict(Some(asked), &entry, pending.replayed[k]) {
-                Verdict::Recovered => tally.add(C::Recovered, 1),
-                Verdict::NewEpoch => tally.add(C::RecoveryNewEpoch, 1),
-                Verdict::Failed(why) => {
-                    tally.add(C::RecoveryFailed, 1);
-                    tally.note(|| format!("{who}: {} route: {why}", kind.name()));
+            // None: the first connect (`new`), the position to start from
+            // taken. After `recovered: false` the position moves on to the
+            // summary's too.
+            let why = match pending.resume.judge(kind, &entry, self.positions) {
+                None => continue,
+                Some(Verdict::Recovered) => {
+                    tally.add(C::Recovered, 1);
+                    continue;
                 }
-            }
-            // Nothing was replayed: carry on from the route's position (a
-            // replay announced whole but short shows as a gap instead).
-            if !entry.recovered {
-                self.positions[k].set(&entry.epoch, entry.offset);
-            }
+                // Redis restarted while the socket was away: the
+                // protocol's answer.
+                Some(Verdict::NewEpoch) => {
+                    tally.add(C::RecoveryNewEpoch, 1);
+                    continue;
+                }
+                Some(Verdict::Mismatch(why)) => why,
+                // History should have covered the socket's short absence.
+                Some(Verdict::NotCovered) => format!(
+                    "recovered: false in the same epoch {} (at {}): history did not cover the absence",
+                    entry.epoch, entry.offset
+                ),
+            };
+            tally.add(C::RecoveryFailed, 1);
+            tally.note(|| format!("{who}: {} route: {why}", kind.name()));
         }
         if !*self.ready {
             *self.ready = true;
