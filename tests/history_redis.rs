@@ -150,6 +150,68 @@ async fn offsets_are_one_order_for_every_instance_and_sender() {
     );
 }
 
+/// Many routes at once, from both instances: the publishers' pipelines
+/// carry runs of kept messages of several routes, each run numbered by one
+/// script call. Every route still counts 1, 2, 3, … in one order seen
+/// alike on both instances, each sender's order holds within it, and the
+/// positions Redis keeps say where each route stands.
+#[tokio::test]
+async fn many_routes_numbered_in_batches_keep_each_routes_order() {
+    const GROUPS: usize = 12;
+    const EACH: u64 = 60;
+    let redis = RedisServer::start();
+    let (a, b) = default_pair(&redis).await;
+    let mut watchers = Vec::new();
+    let mut senders = Vec::new();
+    for g in 0..GROUPS {
+        let group = format!("batch{g}");
+        watchers.push((a.connect(&group, "wa").await, b.connect(&group, "wb").await));
+        senders.push(a.connect(&group, "sa").await);
+        senders.push(b.connect(&group, "sb").await);
+    }
+    // Every sender sends at once, without waiting: runs of kept messages of
+    // many routes queue together on each instance.
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    s.send(msg("group", json!({"payload": {"from": i % 2, "n": n}})))
+                        .await;
+                }
+                s
+            })
+        })
+        .collect();
+    let mut conn = redis.client().await;
+    for (g, (on_a, on_b)) in watchers.iter_mut().enumerate() {
+        let mut next_per_sender = [0u64; 2];
+        for expected in 1..=2 * EACH {
+            let got_a = next_message(on_a).await;
+            let got_b = next_message(on_b).await;
+            assert_eq!(offset(&got_a), expected, "group {g}: {got_a}");
+            assert_eq!(got_a, got_b, "group {g}: both instances see one order");
+            let from = got_a["payload"]["from"].as_u64().unwrap() as usize;
+            assert_eq!(got_a["payload"]["n"], next_per_sender[from], "group {g}");
+            next_per_sender[from] += 1;
+        }
+        let key = format!("{{ws:group:batch{g}}}:position");
+        assert_eq!(hget(&mut conn, &key, "n").await, (2 * EACH).to_string());
+        assert!(
+            !hget(&mut conn, &key, "x").await.is_empty(),
+            "refresh time kept"
+        );
+    }
+    let _senders: Vec<Client> = futures_util::future::try_join_all(tasks).await.unwrap();
+    let calls = evalsha_calls(&mut conn).await;
+    assert!(
+        calls * 4 < GROUPS as u64 * 2 * EACH,
+        "{calls} script calls for {} kept messages: batches carry several",
+        GROUPS as u64 * 2 * EACH
+    );
+}
+
 #[tokio::test]
 async fn a_worker_resumes_on_another_instance_with_exactly_what_it_missed() {
     let redis = RedisServer::start();

@@ -157,23 +157,20 @@ pub fn fits(count: usize, bytes: usize, next: &Message<'_>) -> bool {
 /// The call of [`NUMBER`] for a batch of messages, to go in a pipeline.
 pub fn number_cmd(messages: &[Message<'_>], retention: Retention, how: Numbering<'_>) -> Cmd {
     let (of_message, count) = routes_of(messages.iter().map(|m| m.keys.position.as_str()));
-    // Each route's keys and channel (from its first message) and its count.
-    let mut routes: Vec<Option<(&Keys, &str)>> = vec![None; count];
-    let mut counts = vec![0usize; count];
+    // Each route's first message (routes are numbered as they first
+    // appear) and how many messages it has.
+    let mut routes: Vec<(&Message<'_>, usize)> = Vec::with_capacity(count);
     for (m, &r) in messages.iter().zip(&of_message) {
-        routes[r].get_or_insert((m.keys, m.channel));
-        counts[r] += 1;
+        if r == routes.len() {
+            routes.push((m, 0));
+        }
+        routes[r].1 += 1;
     }
-    let routes: Vec<(&Keys, &str, usize)> = routes
-        .into_iter()
-        .zip(counts)
-        .filter_map(|(route, n)| route.map(|(keys, channel)| (keys, channel, n)))
-        .collect();
     let slack = (retention.ttl / 4).min(SLACK_MAX);
     let mut cmd = NUMBER.invoke(how.invoke);
     cmd.arg(routes.len() * 2);
-    for (keys, _, _) in &routes {
-        cmd.arg(&keys.position).arg(&keys.history);
+    for (first, _) in &routes {
+        cmd.arg(&first.keys.position).arg(&first.keys.history);
     }
     cmd.arg(retention.size)
         .arg(millis(retention.ttl))
@@ -182,10 +179,10 @@ pub fn number_cmd(messages: &[Message<'_>], retention: Retention, how: Numbering
         .arg(how.fresh.as_str())
         .arg(how.publish.command())
         .arg(how.lineage);
-    for (_, channel, _) in &routes {
-        cmd.arg(*channel);
+    for (first, _) in &routes {
+        cmd.arg(first.channel);
     }
-    for (_, _, count) in &routes {
+    for (_, count) in &routes {
         cmd.arg(*count);
     }
     for (m, r) in messages.iter().zip(of_message) {
