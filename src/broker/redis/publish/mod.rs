@@ -52,13 +52,8 @@ use masters::Masters;
 
 /// How often a refused publish is logged at most ([`refused`]).
 const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-/// Pipelines awaiting an answer at once, per Redis server (per master on
-/// a cluster). Few on purpose: while they are on their way, what is queued
-/// waits and goes out together in the next pipeline, where a run of kept
-/// messages is one script call (`batch.rs`). Redis pays a call's fixed cost
-/// once per batch, so under load batches grow instead of calls multiplying;
-/// a message waits at most for the answer to one pipeline before its own.
-const PIPELINES_PER_SERVER: usize = 2;
+/// Pipelines awaiting Redis's answer at once.
+const PIPELINES_IN_FLIGHT: usize = 16;
 /// Messages per pipeline at most.
 const PIPELINE_MAX: usize = 256;
 /// How long a cluster pipeline with kept messages waits for a replica.
@@ -81,10 +76,9 @@ pub struct Kept {
     pub sender: String,
 }
 
-/// Publishes queued messages in order, with up to [`PIPELINES_PER_SERVER`]
-/// pipelines per server awaiting Redis's answer at once: a message queued
-/// while one pipeline is on its way goes out in the next, rather than a
-/// round trip later.
+/// Publishes queued messages in order, with up to [`PIPELINES_IN_FLIGHT`]
+/// pipelines awaiting Redis's answer at once: a message queued while a
+/// pipeline is on its way goes out at once rather than a round trip later.
 /// Order holds because each pipeline is handed to the one command
 /// connection (first polled, in push order) before the next one is built.
 pub async fn run(
@@ -99,17 +93,13 @@ pub async fn run(
     let mut flights: VecDeque<Flight> = VecDeque::new();
     let mut batch = Vec::with_capacity(PIPELINE_MAX);
     loop {
-        let servers = sharding
-            .as_ref()
-            .map_or(1, |map| map.get().masters().len().max(1));
-        let limit = servers * PIPELINES_PER_SERVER;
         tokio::select! {
             biased;
             Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
                 flights.pop_front();
                 finish(sent, &link, retention, &mut masters).await;
             }
-            taken = queue.recv_many(&mut batch, PIPELINE_MAX), if in_flight.len() < limit => {
+            taken = queue.recv_many(&mut batch, PIPELINE_MAX), if in_flight.len() < PIPELINES_IN_FLIGHT => {
                 if taken == 0 {
                     break;
                 }
