@@ -24,6 +24,11 @@
 //!
 //! For prefix `p:` and group `g1`: `{p:ws:group:g1}:history` and
 //! `{p:ws:group:g1}:position`.
+//!
+//! Operators' fleet-wide actions (docs/protocol.md section 11) travel on
+//! one more channel, `{prefix}ws:control`, which only hubs listen on; and
+//! revocations are kept in the sorted set `{prefix}ws:revoked` (see
+//! `operator/store.rs`).
 
 use crate::protocol::VisionId;
 
@@ -35,6 +40,9 @@ pub enum Route {
     Group(VisionId),
     /// Every socket.
     Broadcast,
+    /// The hubs themselves: operators' actions (docs/protocol.md section
+    /// 11). No socket joins it; the operator module's listener does.
+    Control,
 }
 
 impl Route {
@@ -47,10 +55,15 @@ impl Route {
         ]
     }
 
+    /// Whether history may keep this route's messages (all but control's).
+    pub fn is_kept(&self) -> bool {
+        !matches!(self, Route::Control)
+    }
+
     /// Group and broadcast messages skip the sender's own client_id; a
     /// direct message reaches every socket of its recipient, sender or not.
     pub fn skips_sender(&self) -> bool {
-        !matches!(self, Route::Client(_))
+        matches!(self, Route::Group(_) | Route::Broadcast)
     }
 }
 
@@ -63,6 +76,8 @@ pub struct Names {
 const CLIENT: &str = "ws:client:";
 const GROUP: &str = "ws:group:";
 const BROADCAST: &str = "ws:broadcast";
+const CONTROL: &str = "ws:control";
+const REVOKED: &str = "ws:revoked";
 const PRESENCE: &str = "ws:presence:group:";
 
 impl Names {
@@ -78,6 +93,7 @@ impl Names {
             Route::Client(id) => format!("{p}{CLIENT}{id}"),
             Route::Group(id) => format!("{p}{GROUP}{id}"),
             Route::Broadcast => format!("{p}{BROADCAST}"),
+            Route::Control => format!("{p}{CONTROL}"),
         }
     }
 
@@ -87,6 +103,9 @@ impl Names {
         let rest = channel.strip_prefix(self.prefix.as_str())?;
         if rest == BROADCAST {
             return Some(Route::Broadcast);
+        }
+        if rest == CONTROL {
+            return Some(Route::Control);
         }
         if let Some(id) = rest.strip_prefix(CLIENT) {
             return VisionId::parse(id).ok().map(Route::Client);
@@ -143,6 +162,11 @@ impl Names {
     /// The hash of `route`'s epoch and last offset (see the module docs).
     pub fn position_key(&self, route: &Route) -> String {
         format!("{{{}}}{POSITION}", self.channel(route))
+    }
+
+    /// The sorted set of revocations, scored by when each ends.
+    pub fn revoked_key(&self) -> String {
+        format!("{}{REVOKED}", self.prefix)
     }
 
     pub fn prefix(&self) -> &str {
@@ -223,6 +247,7 @@ mod tests {
             Route::Client(id("a")),
             Route::Group(id("b")),
             Route::Broadcast,
+            Route::Control,
         ] {
             assert_eq!(names.route(&names.channel(&route)), Some(route));
         }

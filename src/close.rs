@@ -39,6 +39,22 @@ pub enum Disconnect {
     Idle,
     #[error("token expired")]
     TokenExpired,
+    /// The socket's token was revoked (docs/protocol.md section 11): a
+    /// fresh token gets it back, as after an expiry.
+    #[error("token revoked")]
+    TokenRevoked,
+    /// An operator closed the socket (`POST /v3/disconnect`); the reason
+    /// is theirs, or a default.
+    #[error("{reason}")]
+    ByService { reconnect: bool, reason: Box<str> },
+}
+
+/// The close reason of a disconnect that gave none.
+pub fn service_reason(reconnect: bool) -> &'static str {
+    match reconnect {
+        false => "disconnected by the service",
+        true => "asked to reconnect by the service",
+    }
 }
 
 impl Disconnect {
@@ -55,7 +71,13 @@ impl Disconnect {
             Disconnect::SlowConsumer | Disconnect::Stalled => 4008,
             Disconnect::RateLimited | Disconnect::TooManyPings => 4029,
             Disconnect::Idle => 4408,
-            Disconnect::TokenExpired => 4001,
+            Disconnect::TokenExpired | Disconnect::TokenRevoked => 4001,
+            Disconnect::ByService {
+                reconnect: false, ..
+            } => 4010,
+            Disconnect::ByService {
+                reconnect: true, ..
+            } => 4011,
         }
     }
 
@@ -108,6 +130,21 @@ mod tests {
             (Disconnect::TooManyPings, 4029),
             (Disconnect::Idle, 4408),
             (Disconnect::TokenExpired, 4001),
+            (Disconnect::TokenRevoked, 4001),
+            (
+                Disconnect::ByService {
+                    reconnect: false,
+                    reason: "gone".into(),
+                },
+                4010,
+            ),
+            (
+                Disconnect::ByService {
+                    reconnect: true,
+                    reason: "moved".into(),
+                },
+                4011,
+            ),
         ];
         for (reason, code) in cases {
             let frame = reason.close_frame().unwrap();

@@ -96,6 +96,17 @@ pub struct Config {
     )]
     pub api_keys: Vec<String>,
 
+    /// Comma-separated admin API keys for the operators' routes
+    /// (disconnect, revoke, info, history). Unset: those routes take any
+    /// API key.
+    #[arg(
+        long,
+        env = "AETHER_ADMIN_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_api_keys: Vec<String>,
+
     /// Comma-separated allowed `Origin` values. Unset: any origin.
     #[arg(long, env = "AETHER_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -327,14 +338,14 @@ pub fn redact(address: &str) -> String {
 }
 
 impl Backend {
-    /// The mode as the start-up log line names it.
+    /// The mode as `GET /v3/info` and the start-up log line name it.
     pub fn name(&self) -> &'static str {
         match self {
-            Backend::Memory => "in-memory",
+            Backend::Memory => "memory",
             Backend::Redis(redis) => match redis.servers {
                 RedisServers::Single { .. } => "redis",
-                RedisServers::Cluster { .. } => "redis-cluster",
-                RedisServers::Sentinel { .. } => "redis-sentinel",
+                RedisServers::Cluster { .. } => "cluster",
+                RedisServers::Sentinel { .. } => "sentinel",
             },
         }
     }
@@ -426,6 +437,7 @@ impl Config {
         crate::protocol::VisionId::parse(&self.instance_id).map_err(ConfigError::InstanceId)?;
         // An empty entry ("AETHER_API_KEYS=" or "a,,b") is no key at all.
         self.api_keys.retain(|k| !k.trim().is_empty());
+        self.admin_api_keys.retain(|k| !k.trim().is_empty());
         self.allowed_origins.retain(|o| !o.trim().is_empty());
         self.token_secrets.retain(|k| !k.trim().is_empty());
         if self.token_audience.trim().is_empty() {

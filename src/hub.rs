@@ -6,6 +6,11 @@
 //! the socket out again, so nothing a session does can leak a route or a
 //! presence entry. Each membership holds a [`Slot`] of the instance's
 //! connection capacity, reserved before the upgrade does any work.
+//!
+//! What operators do to the live fleet (`operator/`) reaches this instance
+//! through the few methods at the end: close a client's sockets, close the
+//! sockets a revocation covers, publish on and listen to the control
+//! route, count sockets, read history and the live instances.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,12 +23,13 @@ use crate::broker::{Broker, BrokerError, Confirm, Keep, MemoryBroker};
 use crate::channels::Route;
 use crate::config::Limits;
 use crate::delivery::Delivery;
-use crate::history::Resume;
+use crate::history::{Recovery, Resume, Since};
 use crate::metrics::{self, DropReason};
 use crate::outbox::{Kick, Outbox};
 use crate::presence::{MemoryPresence, Presence, PresenceError};
 use crate::protocol::{self, Encoded, Message, PresenceEvent, Target, VisionId};
 use crate::replay::Resumed;
+use crate::revocation::{Revocation, TokenId, TokenSockets};
 use crate::router::{ClientFull, Router, SocketId};
 
 pub struct Hub {
@@ -34,7 +40,13 @@ pub struct Hub {
     capacity: Arc<Capacity>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The sockets opened with a token, for revocations to find.
+    tokens: TokenSockets,
 }
+
+/// The most control messages waiting for the operator's listener: a
+/// burst of operators' actions, far more than any operator sends at once.
+const CONTROL_QUEUE: usize = 16 * 1024;
 
 /// How many sockets the instance holds, against its limit.
 struct Capacity {
@@ -91,6 +103,7 @@ impl Hub {
             capacity,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            tokens: TokenSockets::default(),
         })
     }
 
@@ -180,6 +193,7 @@ impl Hub {
             client,
             outbox,
             present: false,
+            tokened: false,
             close_code: 1011,
             _slot: slot,
         };
@@ -254,6 +268,74 @@ impl Hub {
             tracing::warn!(%group, %client, ?event, "presence event not sent: {e}");
         }
     }
+
+    /// Closes this instance's sockets of `client` (only those in `group`
+    /// when given) for `why`, with `reason` when given; how many.
+    pub fn kick_client(
+        &self,
+        client: &VisionId,
+        group: Option<&VisionId>,
+        why: Kick,
+        reason: Option<&str>,
+    ) -> usize {
+        let group = group.map(|g| Route::Group(g.clone()));
+        let sockets = self.router.members(&Route::Client(client.clone()));
+        let wanted = sockets
+            .into_iter()
+            .filter(|(socket, _)| group.as_ref().is_none_or(|g| self.router.holds(g, *socket)));
+        wanted
+            .filter(|(_, outbox)| match reason {
+                Some(reason) => outbox.kick_with_reason(why, reason),
+                None => outbox.kick(why),
+            })
+            .count()
+    }
+
+    /// Closes this instance's sockets whose token `revocation` covers;
+    /// how many.
+    pub fn kick_revoked(&self, revocation: &Revocation) -> usize {
+        let covered = self.tokens.covered_by(revocation);
+        covered.iter().filter(|o| o.kick(Kick::Revoked)).count()
+    }
+
+    /// This instance's sockets (every socket is on the broadcast route).
+    pub fn sockets(&self) -> usize {
+        self.router.count(&Route::Broadcast)
+    }
+
+    /// Sends an operator's action to every instance (this one included).
+    pub fn publish_control(&self, text: String, confirm: Confirm) -> Result<(), BrokerError> {
+        let msg = Encoded::from_text(text);
+        self.broker
+            .publish(&Route::Control, msg, "", Keep::No, Some(confirm))
+    }
+
+    /// The control route's messages, from now on, for as long as the hub
+    /// lives: its first listener subscribes it (and keeps it subscribed
+    /// across reconnects, like any route).
+    pub fn listen_control(&self) -> mpsc::Receiver<Delivery> {
+        let (outbox, rx) = Outbox::new(CONTROL_QUEUE);
+        let listener = VisionId::parse("control").unwrap_or_else(|_| unreachable!());
+        let routes = [Route::Control];
+        if let Ok(added) = self
+            .router
+            .join(SocketId::next(), &listener, &outbox, &routes, 0)
+        {
+            self.broker.subscribe(&added);
+        }
+        rx
+    }
+
+    /// A route's kept messages after `since`, and its position.
+    pub async fn history(&self, route: &Route, since: &Since) -> Result<Recovery, BrokerError> {
+        self.broker.recover(route, since).await
+    }
+
+    /// Every live instance sharing this one's presence, with the socket
+    /// count each last recorded (empty in memory).
+    pub async fn instances(&self) -> Result<Vec<(String, u64)>, PresenceError> {
+        self.presence.instances().await
+    }
 }
 
 /// The route a message travels on; `None` for messages that stay on the
@@ -284,6 +366,8 @@ pub struct Membership {
     pub client: VisionId,
     outbox: Arc<Outbox>,
     present: bool,
+    /// Whether the socket is among the hub's token sockets.
+    tokened: bool,
     close_code: u16,
     _slot: Slot,
 }
@@ -301,6 +385,15 @@ impl Membership {
     pub fn set_close_code(&mut self, code: u16) {
         self.close_code = code;
     }
+
+    /// Records the token the socket was opened with, so that revoking
+    /// it closes the socket.
+    pub fn hold_token(&mut self, id: TokenId) {
+        self.hub
+            .tokens
+            .hold(self.socket, id, Arc::clone(&self.outbox));
+        self.tokened = true;
+    }
 }
 
 impl Drop for Membership {
@@ -309,6 +402,9 @@ impl Drop for Membership {
         let routes = Route::for_socket(&self.group, &self.client);
         let removed = hub.router.leave(self.socket, &routes);
         hub.broker.unsubscribe(&removed);
+        if self.tokened {
+            hub.tokens.release(self.socket);
+        }
         metrics::connection_closed(self.close_code);
         if !self.present {
             return;

@@ -6,6 +6,8 @@
 //! along its [`channels::Route`], and fanned out by the [`router`] to the
 //! [`outbox`] of every local socket on that route. [`hub`] ties router,
 //! broker and [`presence`] together; [`http`] and [`server`] expose it.
+//! Operators act on the whole fleet through [`operator`] (disconnect,
+//! [`revocation`], info, history).
 
 pub mod ack;
 pub mod auth;
@@ -23,11 +25,13 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod operator;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;
 pub mod rate_limit;
 pub mod replay;
+pub mod revocation;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -49,6 +49,11 @@ pub const REDIS_SHARD_FAILURES: &str = "aether_redis_shard_failures_total";
 pub const TOKIO_TASKS_ALIVE: &str = "aether_tokio_tasks_alive";
 /// Acknowledgements sent (docs/protocol.md section 10), by `status`.
 pub const ACKS: &str = "aether_acks_total";
+/// Operators' actions (docs/protocol.md section 11), by `route` and
+/// `outcome`; never a credential or an id in a label.
+pub const ADMIN_ACTIONS: &str = "aether_admin_actions_total";
+/// Revocations this instance holds in force.
+pub const REVOCATIONS: &str = "aether_revocations";
 /// The statuses an acknowledgement may carry.
 const ACK_STATUSES: [&str; 3] = ["ok", "failed", "unconfirmed"];
 
@@ -308,6 +313,14 @@ fn describe() {
         ACKS,
         "Acknowledgements sent to clients, by status (ok, failed, unconfirmed)"
     );
+    describe_counter!(
+        ADMIN_ACTIONS,
+        "Operators' server API calls, by route (disconnect, revoke, info, history) and outcome (accepted, invalid, unauthorized, forbidden, unavailable)"
+    );
+    describe_gauge!(
+        REVOCATIONS,
+        "Token revocations this instance holds in force"
+    );
     describe_histogram!(
         PUBSUB_LAG_SECONDS,
         Unit::Seconds,
@@ -441,6 +454,16 @@ pub fn redis_link_created() {
 
 pub fn redis_connection_up(connection: &'static str, up: bool) {
     gauge!(REDIS_CONNECTION_UP, "connection" => connection).set(if up { 1.0 } else { 0.0 });
+}
+
+/// One call of an operators' route and how it ended (both labels are
+/// from fixed sets).
+pub fn admin_action(route: &'static str, outcome: &'static str) {
+    counter!(ADMIN_ACTIONS, "route" => route, "outcome" => outcome).increment(1);
+}
+
+pub fn revocations(count: usize) {
+    gauge!(REVOCATIONS).set(count as f64);
 }
 
 pub fn redis_failover() {

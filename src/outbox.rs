@@ -4,11 +4,11 @@
 //! waits: a full queue means the socket cannot keep up, so the outbox is
 //! kicked and the session (which owns the receiving end) closes the socket
 //! with 4008. One slow consumer costs nobody else anything. The hub's
-//! shutdown kicks every outbox the same way, so a session waits on one
-//! signal for both.
+//! shutdown, and operators' disconnects and revocations, kick outboxes
+//! the same way, so a session waits on one signal for all of them.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, Notify};
 
@@ -18,6 +18,8 @@ pub struct Outbox {
     tx: mpsc::Sender<Delivery>,
     kick: AtomicU8,
     kicked: Notify,
+    /// An operator's close reason, set before the kick that carries it.
+    reason: OnceLock<Box<str>>,
 }
 
 /// Why a socket must go.
@@ -25,6 +27,25 @@ pub struct Outbox {
 pub enum Kick {
     Overflowed = 1,
     ShuttingDown = 2,
+    /// An operator's disconnect: the client must not come back on its own.
+    Disconnected = 3,
+    /// An operator's disconnect asking the client to reconnect at once.
+    Reconnect = 4,
+    /// The socket's token was revoked.
+    Revoked = 5,
+}
+
+impl Kick {
+    fn from_u8(n: u8) -> Option<Kick> {
+        Some(match n {
+            1 => Kick::Overflowed,
+            2 => Kick::ShuttingDown,
+            3 => Kick::Disconnected,
+            4 => Kick::Reconnect,
+            5 => Kick::Revoked,
+            _ => return None,
+        })
+    }
 }
 
 const NOT_KICKED: u8 = 0;
@@ -47,6 +68,7 @@ impl Outbox {
             tx,
             kick: AtomicU8::new(NOT_KICKED),
             kicked: Notify::new(),
+            reason: OnceLock::new(),
         };
         (Arc::new(outbox), rx)
     }
@@ -79,13 +101,27 @@ impl Outbox {
         first
     }
 
+    /// Kicks with a close reason to send (an operator's); the first kick
+    /// wins, with its reason.
+    pub fn kick_with_reason(&self, why: Kick, reason: &str) -> bool {
+        if self.kick.load(Ordering::Acquire) != NOT_KICKED {
+            return false;
+        }
+        let _ = self.reason.set(reason.into());
+        self.kick(why)
+    }
+
+    /// The close reason given with the kick, if any.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.get().map(|r| &**r)
+    }
+
     /// Resolves with the reason once the outbox is kicked.
     pub async fn kicked(&self) -> Kick {
         loop {
-            match self.kick.load(Ordering::Acquire) {
-                1 => return Kick::Overflowed,
-                2 => return Kick::ShuttingDown,
-                _ => self.kicked.notified().await,
+            match Kick::from_u8(self.kick.load(Ordering::Acquire)) {
+                Some(why) => return why,
+                None => self.kicked.notified().await,
             }
         }
     }
@@ -114,6 +150,16 @@ mod tests {
         // A later shutdown does not change the reason.
         assert!(!outbox.kick(Kick::ShuttingDown));
         assert!(rx.recv().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn an_operators_kick_carries_its_reason_and_the_first_wins() {
+        let (outbox, _rx) = Outbox::new(2);
+        assert!(outbox.kick_with_reason(Kick::Reconnect, "moved"));
+        assert!(!outbox.kick_with_reason(Kick::Disconnected, "gone"));
+        assert!(!outbox.kick(Kick::Revoked));
+        assert_eq!(outbox.kicked().await, Kick::Reconnect);
+        assert_eq!(outbox.reason(), Some("moved"));
     }
 
     #[tokio::test]

@@ -124,6 +124,27 @@ impl Router {
         self.routes.iter().map(|e| e.key().clone()).collect()
     }
 
+    /// The local sockets on `route`, and their queues.
+    pub fn members(&self, route: &Route) -> Vec<(SocketId, Arc<Outbox>)> {
+        self.routes.get(route).map_or_else(Vec::new, |members| {
+            let each = members.iter();
+            each.map(|(id, sub)| (*id, Arc::clone(&sub.outbox)))
+                .collect()
+        })
+    }
+
+    /// Whether `socket` listens on `route`.
+    pub fn holds(&self, route: &Route, socket: SocketId) -> bool {
+        self.routes
+            .get(route)
+            .is_some_and(|members| members.contains_key(&socket))
+    }
+
+    /// How many local sockets listen on `route`.
+    pub fn count(&self, route: &Route) -> usize {
+        self.routes.get(route).map_or(0, |members| members.len())
+    }
+
     /// Kicks every local socket (shutdown). Every socket is on the
     /// broadcast route.
     pub fn kick_all(&self, why: Kick) {

@@ -23,6 +23,7 @@ use crate::config::{Backend, Config};
 use crate::http::{self, Api, HEADER_READ_TIMEOUT};
 use crate::hub::Hub;
 use crate::metrics;
+use crate::operator::Operator;
 use crate::presence::RedisPresence;
 use crate::router::Router;
 use crate::tls::{Tls, TlsError};
@@ -155,11 +156,14 @@ pub async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// it at `net.core.somaxconn` (4,096 by default since Linux 5.4).
 const ACCEPT_BACKLOG: u32 = 4096;
 
+/// The hub and, in Redis modes, how it reaches Redis.
+type Built = (Arc<Hub>, Option<(Arc<RedisLink>, Names)>);
+
 /// In memory without Redis; otherwise the Redis broker and presence, on
 /// one server or on a cluster (the link tells them apart).
-fn build_hub(config: &Config, backend: &Backend) -> Result<Arc<Hub>, StartError> {
+fn build_hub(config: &Config, backend: &Backend) -> Result<Built, StartError> {
     let servers = match backend {
-        Backend::Memory => return Ok(Hub::in_memory(config.limits())),
+        Backend::Memory => return Ok((Hub::in_memory(config.limits()), None)),
         Backend::Redis(servers) => servers,
     };
     let link = Arc::new(RedisLink::new(servers, &config.instance_id)?);
@@ -171,9 +175,14 @@ fn build_hub(config: &Config, backend: &Backend) -> Result<Arc<Hub>, StartError>
         names.clone(),
         config.limits().history,
     );
-    let presence =
-        RedisPresence::start(link, names, config.instance_id.clone(), config.presence_ttl);
-    Ok(Hub::new(router, broker, presence, config.limits()))
+    let presence = RedisPresence::start(
+        Arc::clone(&link),
+        names.clone(),
+        config.instance_id.clone(),
+        config.presence_ttl,
+    );
+    let hub = Hub::new(router, broker, presence, config.limits());
+    Ok((hub, Some((link, names))))
 }
 
 impl Server {
@@ -186,7 +195,16 @@ impl Server {
             _ => None,
         };
         let backend = config.backend();
-        let hub = build_hub(&config, &backend)?;
+        let (hub, redis) = build_hub(&config, &backend)?;
+        let operator = Operator::start(
+            Arc::clone(&hub),
+            Arc::clone(auth.revocations()),
+            redis
+                .as_ref()
+                .map(|(link, names)| (Arc::clone(link), names)),
+            config.instance_id.clone(),
+            backend.name(),
+        );
         if auth.is_open() {
             tracing::warn!(
                 "no API keys configured and no token keys: every upgrade is accepted (development mode)"
@@ -197,10 +215,16 @@ impl Server {
             addr: config.bind,
             source,
         })?;
-        let routes = Api::new(Arc::clone(&hub), auth, &config, prometheus.clone())
-            .routes()
-            .recover(http::recover)
-            .unify();
+        let routes = Api::new(
+            Arc::clone(&hub),
+            auth,
+            &config,
+            prometheus.clone(),
+            operator,
+        )
+        .routes()
+        .recover(http::recover)
+        .unify();
         let service = TowerToHyperService::new(warp::service(routes));
         let http = tokio::spawn(accept_loop(
             listener,

@@ -25,7 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::ack::{self, Asker};
 use crate::auth::{Access, Caps};
-use crate::close::Disconnect;
+use crate::close::{self, Disconnect};
 use crate::config::Limits;
 use crate::delivery::Delivery;
 use crate::hub::Membership;
@@ -180,7 +180,9 @@ where
         loop {
             let step = tokio::select! {
                 biased;
-                why = self.member.outbox().kicked() => Err(kicked(why)),
+                why = self.member.outbox().kicked() => {
+                    Err(kicked(why, self.member.outbox().reason()))
+                }
                 queued = self.rx.recv() => match queued {
                     Some(msg) => self.write(msg).await,
                     None => Err(Disconnect::Lost),
@@ -405,7 +407,7 @@ where
         } = self;
         tokio::select! {
             written = drain(ws, unsent) => written,
-            why = member.outbox().kicked() => Err(kicked(why)),
+            why = member.outbox().kicked() => Err(kicked(why, member.outbox().reason())),
             () = tokio::time::sleep(stall) => Err(Disconnect::Stalled),
         }
     }
@@ -418,7 +420,7 @@ where
         let Session { ws, member, .. } = self;
         tokio::select! {
             sent = ws.send(frame) => sent.map_err(|_| Disconnect::Lost),
-            why = member.outbox().kicked() => Err(kicked(why)),
+            why = member.outbox().kicked() => Err(kicked(why, member.outbox().reason())),
             () = tokio::time::sleep(stall) => Err(Disconnect::Stalled),
         }
     }
@@ -486,10 +488,17 @@ where
     Ok(())
 }
 
-fn kicked(why: Kick) -> Disconnect {
+fn kicked(why: Kick, reason: Option<&str>) -> Disconnect {
+    let by_service = |reconnect| Disconnect::ByService {
+        reconnect,
+        reason: reason.unwrap_or(close::service_reason(reconnect)).into(),
+    };
     match why {
         Kick::Overflowed => Disconnect::SlowConsumer,
         Kick::ShuttingDown => Disconnect::Shutdown,
+        Kick::Disconnected => by_service(false),
+        Kick::Reconnect => by_service(true),
+        Kick::Revoked => Disconnect::TokenRevoked,
     }
 }
 

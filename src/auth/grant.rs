@@ -6,6 +6,7 @@
 //! bit tests, with the reason worked out only for a frame that is refused.
 
 use crate::protocol::{FrameError, MsgType, Target, VisionId};
+use crate::revocation::TokenId;
 
 /// The groups a token admits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +112,21 @@ pub struct Grant {
     /// Unix seconds after which the token no longer counts (its `exp`
     /// plus the leeway).
     pub expires_at: u64,
+    /// Its `jti` claim, which a revocation may name.
+    pub jti: Option<Box<str>>,
+    /// Its `iat` claim, which a revocation of its client compares.
+    pub issued_at: Option<u64>,
+}
+
+impl Grant {
+    /// What a revocation is checked against.
+    pub fn token_id(&self) -> TokenId {
+        TokenId {
+            client: self.client.clone(),
+            jti: self.jti.clone(),
+            issued_at: self.issued_at,
+        }
+    }
 }
 
 #[cfg(test)]

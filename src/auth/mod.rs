@@ -8,6 +8,12 @@
 //! that access may act as a given client in a given group. Failures are
 //! [`AuthError`]s; `http` turns them into 401 and 403.
 //!
+//! Operators' routes (docs/protocol.md section 11) ask [`Auth::check_admin`]
+//! instead: admin keys (`AETHER_ADMIN_API_KEYS`) when configured, else any
+//! API key; never a token. An admin key also counts as a service's key on
+//! the other HTTP routes (presence, publish), never for a socket. A
+//! revoked token ([`Revocations`]) is refused wherever it is shown.
+//!
 //! A key or token is a credential: nothing here logs one, and no error
 //! message quotes one.
 
@@ -23,8 +29,11 @@ pub use grant::{Capability, Caps, Grant, Groups};
 pub use jwks::JwksError;
 pub use token::{unix_now, TokenError};
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::protocol::Message;
+use crate::revocation::Revocations;
 use keys::ApiKeys;
 use token::{Rules, TokenKeys};
 
@@ -70,10 +79,10 @@ pub enum Surface {
 }
 
 /// The credentials a request carries, borrowed from it.
-#[derive(Default)]
 pub struct Credentials<'a> {
     key: Option<&'a [u8]>,
     token: Option<&'a str>,
+    surface: Surface,
 }
 
 impl<'a> Credentials<'a> {
@@ -96,7 +105,11 @@ impl<'a> Credentials<'a> {
                 .or_else(bearer)
                 .or_else(|| query.get(TOKEN_PARAM).map(String::as_str)),
         };
-        Credentials { key, token }
+        Credentials {
+            key,
+            token,
+            surface,
+        }
     }
 }
 
@@ -188,10 +201,13 @@ impl Access {
     }
 }
 
-/// The hub's credentials: API keys, token keys, both or neither.
+/// The hub's credentials: API keys, token keys, both or neither; and
+/// the operators' admin keys.
 pub struct Auth {
     keys: ApiKeys,
+    admin: ApiKeys,
     tokens: Option<TokenKeys>,
+    revocations: Arc<Revocations>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,8 +229,16 @@ impl Auth {
         };
         Ok(Auth {
             keys: ApiKeys::new(&config.api_keys),
+            admin: ApiKeys::new(&config.admin_api_keys),
             tokens: TokenKeys::new(&config.token_secrets, public, rules),
+            revocations: Revocations::new(),
         })
+    }
+
+    /// The revocations every token is checked against (filled by the
+    /// operator module).
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     /// No credentials configured: every request is admitted.
@@ -237,14 +261,77 @@ impl Auth {
         if key.is_some_and(|k| self.keys.admits(k)) {
             return Ok(Access::Service);
         }
+        let admin = given.surface == Surface::Http && !self.admin.is_empty();
+        if admin && given.key.is_some_and(|k| self.admin.admits(k)) {
+            return Ok(Access::Service);
+        }
         if let (Some(tokens), Some(token)) = (&self.tokens, given.token) {
-            return Ok(Access::Token(tokens.verify(token)?));
+            return Ok(Access::Token(self.unrevoked(tokens.verify(token)?)?));
         }
         Err(match (key, self.tokens.is_some(), self.keys.is_empty()) {
             (Some(_), _, _) => AuthError::InvalidKey,
             (None, true, true) => AuthError::Missing("token"),
             (None, true, false) => AuthError::Missing("token or API key"),
             (None, false, _) => AuthError::Missing("API key"),
+        })
+    }
+
+    fn unrevoked(&self, grant: Grant) -> Result<Grant, TokenError> {
+        match self.revocations.covers(&grant.token_id(), unix_now()) {
+            true => Err(TokenError::Revoked),
+            false => Ok(grant),
+        }
+    }
+
+    /// Checks the credentials of an operators' route (docs/protocol.md
+    /// section 11): an admin key when admin keys are configured (a client
+    /// key or a valid token is 403), else any API key; with no keys and no
+    /// token keys, nothing. A token never grants these routes.
+    pub fn check_admin(&self, given: &Credentials<'_>) -> Result<(), AuthError> {
+        const NOT_ADMIN: AuthError = AuthError::Forbidden("an admin API key is needed");
+        if !self.admin.is_empty() {
+            return match given.key {
+                Some(k) if self.admin.admits(k) => Ok(()),
+                Some(k) if self.keys.admits(k) => Err(NOT_ADMIN),
+                Some(_) => Err(AuthError::InvalidKey),
+                None => self.refuse_token(given, NOT_ADMIN, "admin API key"),
+            };
+        }
+        if self.is_open() {
+            return Ok(());
+        }
+        if self.keys.is_empty() {
+            return Err(AuthError::Missing(
+                "API key (tokens do not grant this route)",
+            ));
+        }
+        match given.key {
+            Some(k) if self.keys.admits(k) => Ok(()),
+            Some(_) => Err(AuthError::InvalidKey),
+            None => self.refuse_token(
+                given,
+                AuthError::Forbidden("an API key is needed"),
+                "API key",
+            ),
+        }
+    }
+
+    /// A request with no key: 403 when it shows a valid token (a valid
+    /// credential, not enough), else 401.
+    fn refuse_token(
+        &self,
+        given: &Credentials<'_>,
+        forbidden: AuthError,
+        missing: &'static str,
+    ) -> Result<(), AuthError> {
+        let valid = match (&self.tokens, given.token) {
+            (Some(tokens), Some(token)) => tokens.verify(token).is_ok(),
+            _ => false,
+        };
+        Err(if valid {
+            forbidden
+        } else {
+            AuthError::Missing(missing)
         })
     }
 }

@@ -44,6 +44,8 @@ pub enum TokenError {
     Missing(String),
     #[error("token claim {0} has the wrong type or value")]
     Claim(&'static str),
+    #[error("token has been revoked")]
+    Revoked,
 }
 
 /// The keys and rules tokens are checked against.
@@ -165,17 +167,24 @@ impl TokenKeys {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(TokenError::Claim("exp"))?;
-        if let Some(iat) = claims.get("iat") {
-            let iat = iat.as_u64().ok_or(TokenError::Claim("iat"))?;
-            if iat > unix_now().saturating_add(self.leeway) {
-                return Err(TokenError::NotYetValid);
-            }
+        let issued_at = match claims.get("iat") {
+            None => None,
+            Some(iat) => Some(iat.as_u64().ok_or(TokenError::Claim("iat"))?),
+        };
+        if issued_at.is_some_and(|iat| iat > unix_now().saturating_add(self.leeway)) {
+            return Err(TokenError::NotYetValid);
         }
+        let jti = match claims.get("jti") {
+            None => None,
+            Some(jti) => Some(jti.as_str().ok_or(TokenError::Claim("jti"))?.into()),
+        };
         Ok(Grant {
             client,
             groups,
             caps,
             expires_at: exp.saturating_add(self.leeway),
+            jti,
+            issued_at,
         })
     }
 }

@@ -109,10 +109,13 @@ pub enum Since {
     New,
     /// The last position seen.
     At(Position),
+    /// Everything history still keeps, whatever came before it (the HTTP
+    /// history of docs/protocol.md section 11 without `since`).
+    Oldest,
 }
 
 impl Since {
-    fn parse(value: &str, name: &'static str) -> Result<Since, SinceError> {
+    pub fn parse(value: &str, name: &'static str) -> Result<Since, SinceError> {
         if value == "new" {
             return Ok(Since::New);
         }
@@ -164,12 +167,14 @@ impl RouteKind {
         }
     }
 
-    /// The kind of `route`.
-    pub fn of(route: &Route) -> RouteKind {
+    /// The kind of `route`; `None` for the control route, which history
+    /// never keeps.
+    pub fn of(route: &Route) -> Option<RouteKind> {
         match route {
-            Route::Client(_) => RouteKind::Client,
-            Route::Group(_) => RouteKind::Group,
-            Route::Broadcast => RouteKind::Broadcast,
+            Route::Client(_) => Some(RouteKind::Client),
+            Route::Group(_) => Some(RouteKind::Group),
+            Route::Broadcast => Some(RouteKind::Broadcast),
+            Route::Control => None,
         }
     }
 }
@@ -241,6 +246,10 @@ impl Recovery {
 pub fn decide(since: &Since, position: &Position, kept: Vec<Kept>) -> Outcome {
     let from = match since {
         Since::New => return Outcome::Recovered(Vec::new()),
+        Since::Oldest => {
+            let kept = kept.into_iter().filter(|k| k.offset <= position.offset);
+            return Outcome::Recovered(kept.collect());
+        }
         Since::At(at) if at.epoch != position.epoch || at.offset > position.offset => {
             return Outcome::Lost
         }

@@ -57,11 +57,18 @@ fn numbering_adds_offset_and_epoch_last_and_reads_them_back() {
 
 #[test]
 fn a_route_names_its_kind() {
-    assert_eq!(RouteKind::of(&Route::Group(id("g"))), RouteKind::Group);
-    assert_eq!(RouteKind::of(&Route::Client(id("c"))), RouteKind::Client);
-    assert_eq!(RouteKind::of(&Route::Broadcast), RouteKind::Broadcast);
+    assert_eq!(
+        RouteKind::of(&Route::Group(id("g"))),
+        Some(RouteKind::Group)
+    );
+    assert_eq!(
+        RouteKind::of(&Route::Client(id("c"))),
+        Some(RouteKind::Client)
+    );
+    assert_eq!(RouteKind::of(&Route::Broadcast), Some(RouteKind::Broadcast));
+    assert_eq!(RouteKind::of(&Route::Control), None);
     for kind in RouteKind::ALL {
-        assert_eq!(RouteKind::of(&kind.route(&id("g"), &id("c"))), kind);
+        assert_eq!(RouteKind::of(&kind.route(&id("g"), &id("c"))), Some(kind));
     }
 }
 

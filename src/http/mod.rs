@@ -2,8 +2,10 @@
 //! WebSocket upgrade (`upgrade.rs`), health, readiness, metrics, presence
 //! and publish, plus the web console's routes ([`crate::console`]). Every
 //! refusal is a [`Refusal`] (`refusal.rs`); the accept-rate limit that
-//! upgrades pass first is `admission.rs`.
+//! upgrades pass first is `admission.rs`; the operators' routes are
+//! `admin.rs`.
 
+mod admin;
 mod admission;
 mod refusal;
 mod upgrade;
@@ -27,6 +29,7 @@ pub use crate::auth::{API_KEY_HEADER, API_KEY_PARAM};
 use crate::broker::{BrokerError, Confirm};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::operator::Operator;
 use crate::protocol::{self, Origin, VisionId};
 pub use refusal::Refusal;
 pub use upgrade::{switching_protocols, SocketPath};
@@ -41,6 +44,7 @@ pub struct Api {
     /// `None` when `AETHER_MAX_CONNECTS_PER_SEC` is 0: then an upgrade
     /// touches nothing of it.
     connect_rate: Option<admission::ConnectRate>,
+    operator: Arc<Operator>,
 }
 
 type Query = HashMap<String, String>;
@@ -54,10 +58,12 @@ impl Api {
         auth: Auth,
         config: &Config,
         prometheus: PrometheusHandle,
+        operator: Arc<Operator>,
     ) -> Arc<Api> {
         let connect_rate = admission::ConnectRate::new(hub.limits().max_connects_per_sec);
         Arc::new(Api {
             connect_rate,
+            operator,
             hub,
             auth,
             allowed_origins: config.allowed_origins.clone(),
@@ -125,7 +131,7 @@ impl Api {
             .and(query)
             .and(warp::body::content_length_limit(max))
             .and(warp::body::stream())
-            .and(api)
+            .and(api.clone())
             .then(|headers, query, body, api: Arc<Api>| async move {
                 api.publish(headers, query, body)
                     .await
@@ -141,6 +147,8 @@ impl Api {
             .or(presence)
             .unify()
             .or(publish)
+            .unify()
+            .or(admin::routes(Arc::clone(self)))
             .unify()
             .or(crate::console::routes(self.console))
             .unify()

@@ -27,9 +27,12 @@ use warp::reply::{Reply, Response};
 
 use super::refusal::{Refusal, FULL};
 use super::Api;
-use crate::auth::{self, Credentials, Surface};
+use crate::auth::{self, Access, Credentials, Surface};
 use crate::history::Resume;
+use crate::hub::Membership;
+use crate::outbox::Kick;
 use crate::protocol::VisionId;
+use crate::revocation::TokenId;
 use crate::session::{self, Rights};
 use crate::socket::Socket;
 
@@ -86,7 +89,10 @@ impl Api {
             on_upgrade.ok_or_else(|| Refusal::bad_request("connection cannot be upgraded"))?;
 
         let connected = self.hub.connect(group, client, slot, &resume).await?;
-        let (member, rx) = (connected.member, connected.rx);
+        let (mut member, rx) = (connected.member, connected.rx);
+        if let Access::Token(grant) = &access {
+            self.hold_token(&mut member, grant.token_id());
+        }
         let resumed = connected.resumed;
         let rights = Rights::of(&access);
         let config = session::websocket_config(self.hub.limits());
@@ -110,6 +116,17 @@ impl Api {
         };
         self.hub.spawn(upgrade);
         Ok(switching_protocols(&key, offers_v3(&headers)))
+    }
+
+    /// Lets a revocation find the socket. A revocation that came while
+    /// the socket joined (after its token was checked) closes it now:
+    /// held first and checked after, while a revocation is held first
+    /// and looks for sockets after, so one of the two sees the other.
+    fn hold_token(&self, member: &mut Membership, id: TokenId) {
+        member.hold_token(id.clone());
+        if self.auth.revocations().covers(&id, auth::unix_now()) {
+            member.outbox().kick(Kick::Revoked);
+        }
     }
 
     /// Browsers always send `Origin`; a request without one is not a

@@ -42,6 +42,12 @@ pub trait Presence: Send + Sync + 'static {
         group: &'a VisionId,
     ) -> BoxFuture<'a, Result<Vec<String>, PresenceError>>;
 
+    /// Every live instance that shares this presence, with the socket
+    /// count it last recorded; empty when presence is this process's own.
+    fn instances(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, PresenceError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
     /// Called once at shutdown, after every socket has left: removes
     /// whatever of this instance a shared store still holds.
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -124,6 +124,15 @@ impl Presence for RedisPresence {
         })
     }
 
+    fn instances(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, PresenceError>> {
+        Box::pin(async move {
+            let conn = self.link.command().ok_or(PresenceError::Unavailable)?;
+            Store::live_instances(&self.names, &conn)
+                .await
+                .map_err(|_| PresenceError::Unavailable)
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         let (done, finished) = oneshot::channel();
         let sent = self.ops.send(Op::Close(done)).is_ok();
@@ -211,6 +220,11 @@ impl Worker {
             }
             None => false,
         }
+    }
+
+    /// This instance's sockets that are in presence.
+    fn sockets(&self) -> usize {
+        self.local.values().sum()
     }
 
     /// One more local socket; a step when it is the entry's first.
@@ -306,7 +320,7 @@ impl Worker {
         let Some(conn) = self.link.command() else {
             return;
         };
-        if matches!(self.store.refresh(&conn).await, Ok(false)) {
+        if matches!(self.store.refresh(&conn, self.sockets()).await, Ok(false)) {
             self.rebuild().await;
         }
         let Ok(dead) = self.store.dead_instances(&conn).await else {
@@ -331,7 +345,7 @@ impl Worker {
         let Some(conn) = self.link.command() else {
             return;
         };
-        let Ok(recorded) = self.store.register(&conn).await else {
+        let Ok(recorded) = self.store.register(&conn, self.sockets()).await else {
             return;
         };
         // Clients held here all along were never offline to their groups

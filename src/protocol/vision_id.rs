@@ -82,6 +82,14 @@ impl serde::Serialize for VisionId {
     }
 }
 
+/// Read from JSON the hub wrote or an operator sent: refused unless valid.
+impl<'de> serde::Deserialize<'de> for VisionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        VisionId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A Vision ID known to be valid, for tests.
 #[cfg(test)]
 pub(crate) fn id(s: &str) -> VisionId {

@@ -113,8 +113,10 @@ impl MemoryHistory {
         let now = Instant::now();
         ring.offset += 1;
         let numbered = number(text, ring.offset, &ring.epoch);
-        let kind = RouteKind::of(route);
-        let delivery = Delivery::kept(&numbered, kind, ring.offset, &ring.epoch);
+        let delivery = match RouteKind::of(route) {
+            Some(kind) => Delivery::kept(&numbered, kind, ring.offset, &ring.epoch),
+            None => Delivery::plain(&numbered),
+        };
         deliver(&delivery);
         ring.kept.push_back(Stored {
             at: now,

@@ -63,7 +63,9 @@ impl Broker for MemoryBroker {
         confirm: Option<Confirm>,
     ) -> Result<(), BrokerError> {
         let position = match (&self.history, keep) {
-            (Some(history), Keep::Yes) => Some(self.keep(history, route, &msg, sender)),
+            (Some(history), Keep::Yes) if route.is_kept() => {
+                Some(self.keep(history, route, &msg, sender))
+            }
             _ => {
                 self.router
                     .dispatch(route, &Delivery::plain(msg.as_str()), sender);

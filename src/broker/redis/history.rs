@@ -210,7 +210,10 @@ pub async fn recover(
     let (after, want, count) = match since {
         Since::New => (0, None, 0),
         Since::At(at) => (at.offset, Some(&at.epoch), BATCH),
+        Since::Oldest => (0, None, BATCH),
     };
+    // Only a resume must be whole: a skipped entry ends its reading.
+    let whole = matches!(since, Since::At(_));
     let first = Range {
         after,
         upto: 0,
@@ -228,7 +231,7 @@ pub async fn recover(
     let mut kept = std::mem::take(&mut batch.kept);
     // Later batches read up to the position of the first, in its epoch; a
     // skipped entry (trimmed or past the TTL) makes it lost already.
-    while batch.more && kept.len() as u64 == batch.scanned - after {
+    while batch.more && (!whole || kept.len() as u64 == batch.scanned - after) {
         let next = Range {
             after: batch.scanned,
             upto: position.offset,

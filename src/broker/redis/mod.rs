@@ -133,9 +133,11 @@ impl Broker for RedisBroker {
         if !self.link.is_up() {
             return Err(BrokerError::Unavailable);
         }
-        let kept = (keep == Keep::Yes && self.retention.is_on()).then(|| publish::Kept {
-            keys: self.keys(route),
-            sender: sender.to_owned(),
+        let kept = (keep == Keep::Yes && self.retention.is_on() && route.is_kept()).then(|| {
+            publish::Kept {
+                keys: self.keys(route),
+                sender: sender.to_owned(),
+            }
         });
         let item = Outgoing {
             channel: self.names.channel(route),

@@ -187,15 +187,16 @@ impl Store {
         .await
     }
 
-    /// Keeps this instance's liveness record; false when it had expired
-    /// (another instance may have swept this one meanwhile).
-    pub async fn refresh<C>(&self, conn: &C) -> RedisResult<bool>
+    /// Keeps this instance's liveness record, which holds its socket
+    /// count (`GET /v3/info`); false when it had expired (another
+    /// instance may have swept this one meanwhile).
+    pub async fn refresh<C>(&self, conn: &C, sockets: usize) -> RedisResult<bool>
     where
         C: ConnectionLike + Clone + Send,
     {
         let previous: Option<String> = redis::cmd("SET")
             .arg(self.names.instance_key(&self.instance))
-            .arg(1)
+            .arg(sockets)
             .arg("PX")
             .arg(self.ttl.as_millis() as u64)
             .arg("GET")
@@ -204,9 +205,35 @@ impl Store {
         Ok(previous.is_some())
     }
 
+    /// Every instance with a liveness record, and the socket count it
+    /// last recorded.
+    pub async fn live_instances<C>(names: &Names, conn: &C) -> RedisResult<Vec<(String, u64)>>
+    where
+        C: ConnectionLike + Clone + Send,
+    {
+        let instances: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(names.instances_key())
+            .query_async(&mut conn.clone())
+            .await?;
+        let records = join_all(instances.iter().map(|instance| {
+            let mut conn = conn.clone();
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(names.instance_key(instance));
+            async move { cmd.query_async::<Option<u64>>(&mut conn).await }
+        }))
+        .await;
+        let mut live = Vec::with_capacity(instances.len());
+        for (instance, record) in instances.into_iter().zip(records) {
+            if let Some(sockets) = record? {
+                live.push((instance, sockets));
+            }
+        }
+        Ok(live)
+    }
+
     /// Declares this instance (record and `instances` entry) and returns
     /// the entries Redis holds for it.
-    pub async fn register<C>(&self, conn: &C) -> RedisResult<HashSet<Entry>>
+    pub async fn register<C>(&self, conn: &C, sockets: usize) -> RedisResult<HashSet<Entry>>
     where
         C: ConnectionLike + Clone + Send,
     {
@@ -216,7 +243,7 @@ impl Store {
         read.arg(self.names.instance_members_key(&self.instance));
         let (mut c1, mut c2) = (conn.clone(), conn.clone());
         let (alive, listed, recorded) = tokio::join!(
-            self.refresh(conn),
+            self.refresh(conn, sockets),
             list.query_async::<()>(&mut c1),
             read.query_async::<Vec<String>>(&mut c2),
         );

@@ -44,9 +44,9 @@ impl Decoded {
         if let Some(sent) = protocol::sent_at_of(text) {
             metrics::pubsub_lag(sent);
         }
-        let delivery = match numbered {
-            true => Delivery::numbered(text, RouteKind::of(&route)),
-            false => Delivery::plain(text),
+        let delivery = match (numbered, RouteKind::of(&route)) {
+            (true, Some(kind)) => Delivery::numbered(text, kind),
+            _ => Delivery::plain(text),
         };
         let sender = match route.skips_sender() {
             true => sender_of(text).map(Cow::into_owned).unwrap_or_default(),

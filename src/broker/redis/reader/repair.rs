@@ -244,7 +244,10 @@ impl Reader {
             if kept.offset > repair.last && wanted {
                 repair.last = kept.offset;
                 repair.repaired += 1;
-                let delivery = Delivery::numbered(kept.text.as_str(), RouteKind::of(&route));
+                let delivery = match RouteKind::of(&route) {
+                    Some(kind) => Delivery::numbered(kept.text.as_str(), kind),
+                    None => Delivery::plain(kept.text.as_str()),
+                };
                 self.router.dispatch(&route, &delivery, &kept.sender);
             }
         }
