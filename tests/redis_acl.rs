@@ -297,6 +297,8 @@ async fn every_redis_feature_works_with_exactly_the_documented_rule() {
     })
     .await;
 
+    operate(a.addr, b.addr, "single").await;
+
     // A killed instance is swept: its client leaves presence.
     let _victim = Client::connect(&doomed.ws_url("g1", "victim"), &[])
         .await
@@ -610,8 +612,35 @@ async fn exercise(a: SocketAddr, b: SocketAddr, tag: &str) {
     assert_eq!(summary["msg_type"], "recovery", "{summary}");
     assert_eq!(summary["payload"]["group"]["recovered"], true, "{summary}");
     assert_eq!(summary["payload"]["group"]["missed"], 2, "{summary}");
+    operate(a, b, tag).await;
     alice.close().await;
     watcher.close().await;
+}
+
+/// The operators' routes (docs/protocol.md section 11) as the documented
+/// user: a disconnect through A closes a socket on B, a revocation is
+/// kept (and every instance loads the kept ones), `info` reads every
+/// liveness record.
+async fn operate(a: SocketAddr, b: SocketAddr, tag: &str) {
+    let dave_id = format!("{tag}-dave");
+    let mut dave = Client::connect(
+        &format!("ws://{b}/v3/ws/group/{tag}-g1/client/{dave_id}"),
+        &[],
+    )
+    .await
+    .expect("dave on B");
+    let body = json!({"client_id": dave_id, "reason": "acl"}).to_string();
+    let answer = support::http_request(a, "POST", "/v3/disconnect", &[], &body).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(dave.recv_close().await, (4010, "acl".to_owned()));
+    let until = aether_hub::auth::unix_now() + 3600;
+    let body = json!({"jti": format!("{tag}-token"), "until": until}).to_string();
+    let answer = support::http_request(a, "POST", "/v3/revoke", &[], &body).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let info = support::http_request(b, "GET", "/v3/info", &[], "").await;
+    assert_eq!(info.status, 200, "{}", info.body);
+    let listed = info.json()["instances"].as_array().map_or(0, Vec::len);
+    assert!(listed >= 2, "{}", info.body);
 }
 
 /// Sums `INFO commandstats` over `conns`, until every command of `want`
