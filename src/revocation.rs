@@ -11,6 +11,7 @@
 //! [`Auth`]: crate::auth::Auth
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -69,6 +70,9 @@ impl Revocation {
 #[derive(Default)]
 pub struct Revocations {
     lists: RwLock<Lists>,
+    /// Set once the kept revocations were loaded (at once in memory):
+    /// until then no token can be checked.
+    loaded: AtomicBool,
 }
 
 #[derive(Default)]
@@ -87,6 +91,15 @@ struct Lists {
 impl Revocations {
     pub fn new() -> Arc<Revocations> {
         Arc::default()
+    }
+
+    /// Whether every kept revocation is known here.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn set_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
     }
 
     /// Adds a revocation (again: the later `until` wins). `now` prunes

@@ -173,6 +173,71 @@ async fn tokens_are_never_logged_at_any_level() {
     assert!(!logs.contains(&key), "the secret was logged");
 }
 
+/// The operators' routes at trace level: an admin key (right and wrong),
+/// a client key refused there, a revoked token shown on a socket and on
+/// the HTTP API. None of them reaches the log, while the ids they target
+/// do.
+#[tokio::test]
+async fn admin_keys_and_revoked_tokens_are_never_logged() {
+    use support::tokens::{claims, hs256, secret, with};
+    const ADMIN: &str = "admin-key-never-logged-5d1e";
+    let key = secret();
+    let mut hub = spawn_hub_with_logs(&[
+        ("AETHER_LOG", "trace"),
+        ("AETHER_API_KEYS", KEY),
+        ("AETHER_ADMIN_API_KEYS", ADMIN),
+        ("AETHER_TOKEN_SECRETS", &key),
+    ])
+    .await;
+    let token = hs256(
+        &key,
+        &with(
+            claims("dev-1", json!("g1")),
+            json!({"jti": "jti-logged-ok"}),
+        ),
+    );
+    let admin = |path: &'static str, key: &'static str, body: Value| {
+        let addr = hub.addr;
+        async move {
+            let headers = [("X-Aether-API-Key", key)];
+            support::http_request(addr, "POST", path, &headers, &body.to_string()).await
+        }
+    };
+    let until = aether_hub::auth::unix_now() + 600;
+    let revoke = json!({"jti": "jti-logged-ok", "until": until});
+    assert_eq!(
+        admin("/v3/revoke", WRONG_KEY, revoke.clone()).await.status,
+        401
+    );
+    assert_eq!(admin("/v3/revoke", KEY, revoke.clone()).await.status, 403);
+    assert_eq!(admin("/v3/revoke", ADMIN, revoke).await.status, 202);
+    let disconnect = json!({"client_id": "dev-1", "reason": "stolen"});
+    assert_eq!(admin("/v3/disconnect", ADMIN, disconnect).await.status, 202);
+    let url = format!("ws://{}/v3/ws/group/g1/client/dev-1", hub.addr);
+    let bearer = format!("Bearer {token}");
+    let refused = Client::connect(&url, &[("Authorization", &bearer)]).await;
+    assert!(refused.is_err(), "a revoked token is refused");
+    let presence = support::http_request(
+        hub.addr,
+        "GET",
+        "/v3/groups/g1/presence",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(presence.status, 401, "{}", presence.body);
+    let logs = stop(&mut hub);
+    assert!(
+        logs.contains("jti-logged-ok") && logs.contains("dev-1"),
+        "ids are logged:\n{logs}"
+    );
+    assert!(logs.contains("revoked"), "the refusal is logged, by reason");
+    assert_no_key(&logs);
+    assert!(!logs.contains(ADMIN), "an admin key was logged:\n{logs}");
+    let signature = token.rsplit('.').next().unwrap_or(&token);
+    assert!(!logs.contains(signature), "a token was logged:\n{logs}");
+}
+
 #[tokio::test]
 async fn the_level_is_set_at_start_up() {
     let mut hub = spawn_hub_with_logs(&[("AETHER_LOG", "warn")]).await;

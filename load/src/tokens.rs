@@ -84,6 +84,8 @@ struct Claims<'a> {
     aud: &'a str,
     iat: u64,
     exp: u64,
+    /// As most issuers give one: the hub looks it up among revocations.
+    jti: String,
 }
 
 impl Tokens {
@@ -115,6 +117,7 @@ impl Tokens {
             aud: &self.token_audience,
             iat: now,
             exp: now + TTL_SECS,
+            jti: format!("{client}.{now}"),
         };
         jsonwebtoken::encode(&header, &claims, key)
             .map(Some)

@@ -61,6 +61,10 @@ pub enum AuthError {
     /// A valid credential that does not cover this client or group (403).
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A token cannot be checked yet: this instance has not loaded the
+    /// kept revocations (503: it is starting, or Redis is down).
+    #[error("revocations are not loaded yet: retry shortly")]
+    NotReady,
 }
 
 impl AuthError {
@@ -276,9 +280,12 @@ impl Auth {
         })
     }
 
-    fn unrevoked(&self, grant: Grant) -> Result<Grant, TokenError> {
+    fn unrevoked(&self, grant: Grant) -> Result<Grant, AuthError> {
+        if !self.revocations.is_loaded() {
+            return Err(AuthError::NotReady);
+        }
         match self.revocations.covers(&grant.token_id(), unix_now()) {
-            true => Err(TokenError::Revoked),
+            true => Err(TokenError::Revoked.into()),
             false => Ok(grant),
         }
     }

@@ -95,8 +95,8 @@ pub fn routes(
         .then(
             |tail: warp::path::Tail, headers, query, api: Arc<Api>| async move {
                 let done = async {
-                    let route = route_of(tail.as_str())?;
                     api.admin(&headers, &query)?;
+                    let route = route_of(tail.as_str())?;
                     let (since, limit) = history_query(&query)?;
                     let op = api.operator()?;
                     let recovery = op.history(&route, &since).await.map_err(unavailable)?;
@@ -237,9 +237,12 @@ fn route_of(tail: &str) -> Result<Route, Refusal> {
 }
 
 fn history_query(query: &Query) -> Result<(Since, usize), Refusal> {
-    let since = match query.get("since") {
+    let malformed = || Refusal::bad_request("since must be EPOCH:OFFSET");
+    let since = match query.get("since").map(String::as_str) {
         None => Since::Oldest,
-        Some(s) => Since::parse(s, "since").map_err(|e| Refusal::bad_request(e.to_string()))?,
+        // A socket's "new" (learn the position) is no page of history.
+        Some("new") => return Err(malformed()),
+        Some(s) => Since::parse(s, "since").map_err(|_| malformed())?,
     };
     let limit = match query.get("limit") {
         None => LIMIT_DEFAULT,
@@ -362,6 +365,7 @@ mod tests {
             ("limit", "x"),
             ("since", "nope"),
             ("since", "e:x"),
+            ("since", "new"),
         ] {
             assert_eq!(q(&[bad]), Err(StatusCode::BAD_REQUEST), "{bad:?}");
         }

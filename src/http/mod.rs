@@ -164,7 +164,12 @@ impl Api {
     /// 200 `ready`, or 503 `not ready` and a line for each connection
     /// that is down and why (never a credential: docs/redis-production.md).
     fn readyz(&self) -> Response {
-        match self.hub.unready() {
+        let revocations = self.auth.has_tokens() && !self.auth.revocations().is_loaded();
+        let unready = self
+            .hub
+            .unready()
+            .or_else(|| revocations.then(|| "revocations: not loaded from Redis yet".to_owned()));
+        match unready {
             None => warp::reply::with_status("ready".to_owned(), StatusCode::OK).into_response(),
             Some(why) => {
                 let body = format!("not ready\n{why}").trim_end().to_owned();

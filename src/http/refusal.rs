@@ -115,10 +115,10 @@ pub const OVER_RATE: &str = "this instance is at its connect-rate limit: retry l
 
 impl From<AuthError> for Refusal {
     fn from(e: AuthError) -> Self {
-        let status = if e.is_forbidden() {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::UNAUTHORIZED
+        let status = match e {
+            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AuthError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
         };
         Refusal::new(status, e.to_string())
     }

@@ -36,6 +36,9 @@ use store::RevocationStore;
 /// control message closes a revoked token's sockets.
 pub const RELOAD: Duration = Duration::from_secs(10);
 
+/// How soon a failed first load is tried again (Redis not up yet).
+const FIRST_LOAD_RETRY: Duration = Duration::from_millis(100);
+
 /// How long an action waits for Redis to take its control message.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -93,6 +96,10 @@ impl Operator {
             link,
             store: RevocationStore::new(names),
         });
+        if kept.is_none() {
+            // Nothing is kept beyond this process: nothing to wait for.
+            revocations.set_loaded();
+        }
         let operator = Arc::new(Operator {
             hub,
             revocations,
@@ -157,13 +164,22 @@ impl Operator {
         }
     }
 
-    /// Loads the kept revocations at start, after every reconnect and
-    /// every [`RELOAD`]; keeps the revocations gauge.
+    /// Loads the kept revocations at start (tokens wait for it: see
+    /// [`Revocations::is_loaded`]), after every reconnect and every
+    /// [`RELOAD`]; keeps the revocations gauge.
     async fn reload(self: Arc<Self>) {
         let mut connections = self.kept.as_ref().map(|k| k.link.connections());
         let shutdown = self.hub.shutdown_token().clone();
-        let mut every = tokio::time::interval(RELOAD);
         loop {
+            if self.load().await {
+                self.revocations.set_loaded();
+            }
+            metrics::revocations(self.revocations.len(unix_now()));
+            // Until the first load, try again soon.
+            let wait = match self.revocations.is_loaded() {
+                true => RELOAD,
+                false => FIRST_LOAD_RETRY,
+            };
             let reconnected = async {
                 match connections.as_mut() {
                     Some(c) => c.changed().await.is_ok(),
@@ -172,19 +188,24 @@ impl Operator {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = every.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
                 true = reconnected => {}
             }
-            self.load().await;
-            metrics::revocations(self.revocations.len(unix_now()));
         }
     }
 
-    async fn load(&self) {
-        let Some(kept) = &self.kept else { return };
+    /// Whether every kept revocation is now held here.
+    async fn load(&self) -> bool {
+        let Some(kept) = &self.kept else { return true };
         match kept.store.load(&kept.link, unix_now()).await {
-            Ok(list) => list.iter().for_each(|r| self.hold(r)),
-            Err(e) => tracing::debug!("revocations not loaded: {e}"),
+            Ok(list) => {
+                list.iter().for_each(|r| self.hold(r));
+                true
+            }
+            Err(e) => {
+                tracing::debug!("revocations not loaded: {e}");
+                false
+            }
         }
     }
 

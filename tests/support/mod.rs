@@ -7,6 +7,7 @@
 
 pub mod acks;
 pub mod acl;
+pub mod admin;
 pub mod attack;
 pub mod blip;
 pub mod cluster;

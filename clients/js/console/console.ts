@@ -6,9 +6,11 @@
 // Settings can come from the query string, so two tabs open quickly:
 // /console?group=g1&client=worker-1&autoconnect=1 (also hub, target, to,
 // api_key and token; the last two end up in the browser history, so prefer
-// typing them).
+// typing them). The Operator tab (operator.ts) calls the hub's server API.
 
 import { AetherClient } from "./aether-hub-client.js";
+import { $, el } from "./dom.js";
+import { setupOperator } from "./operator.js";
 
 type Client = InstanceType<typeof AetherClient>;
 
@@ -62,12 +64,6 @@ type Body = { msg?: string; cmd?: string; payload?: Record<string, unknown> };
 /** Entries kept in the log; older ones are dropped. */
 const LOG_LIMIT = 1000;
 
-function $<T extends Element>(selector: string): T {
-  const found = document.querySelector<T>(selector);
-  if (!found) throw new Error(`console page: ${selector} missing`);
-  return found;
-}
-
 const connectForm = $<HTMLFormElement>("#connect-form");
 const sendForm = $<HTMLFormElement>("#send-form");
 const disconnectButton = $<HTMLButtonElement>("#disconnect");
@@ -107,17 +103,6 @@ let reconnects = 0;
 let recoveries = 0;
 
 // ---- rendering helpers --------------------------------------------------
-
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className?: string,
-  text?: string,
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 function clock(): string {
   return new Date().toISOString().slice(11, 23);
@@ -472,3 +457,4 @@ function fromQuery(): void {
 }
 
 fromQuery();
+setupOperator(() => groupInput.value.trim());

@@ -1,8 +1,9 @@
 // scripts/build.mjs: builds the package and the console assets, deterministically.
 //   dist/index.js (ESM), dist/index.cjs (CJS), dist/*.d.ts + dist/*.d.cts (tsc declarations),
 //   dist/aether-hub-client.min.js (the browser build: ESM, minified, one file),
-//   and the console (console/index.html, console.css, console.ts → console.js with
-//   ./aether-hub-client.js external, plus aether-hub-client.js) into dist/console, or
+//   and the console (console/index.html, console.css, console.ts → console.js, bundling the
+//   console's own modules dom.ts and operator.ts, with ./aether-hub-client.js external,
+//   plus aether-hub-client.js) into dist/console, or
 //   into the directory given with --out DIR.
 // --embed also writes the console's two scripts into ../../src/console/assets, the copy the
 // hub binary embeds (with console/index.html and console/console.css as they are); only `npm run embed` does that, so no check or test can refresh the copy that
@@ -54,7 +55,7 @@ for (const name of readdirSync(dist).sort()) {
 
 // The console.
 const consoleDir = join(root, "console");
-const sources = ["index.html", "console.css", "console.ts"];
+const sources = ["index.html", "console.css", "console.ts", "dom.ts", "operator.ts"];
 const missing = sources.filter((f) => !existsSync(join(consoleDir, f)));
 if (missing.length > 0) {
   console.log(`build: console sources missing (${missing.join(", ")}): console assets not written`);

@@ -4,7 +4,7 @@
 
 import { Acks, type Ack } from "./acks.js";
 import { backoffDelay } from "./backoff.js";
-import { decideClose, decideHttpStatus, httpStatusFromError, type CloseDecision } from "./closeCodes.js";
+import { decideClose, decideHttpStatus, httpStatusFromError, ServiceReconnects, type CloseDecision } from "./closeCodes.js";
 import { Emitter } from "./emitter.js";
 import { AetherError } from "./errors.js";
 import { buildFrame, controlFrame, isPlainObject, isVisionId, parseDelivery, type Body, type Message, type Target } from "./frames.js";
@@ -37,7 +37,7 @@ export interface AetherClientOptions {
   url: string | readonly string[];
   group: string;
   client: string;
-  /** Called before every connect attempt and after a 4001; the token goes in the `aether.token.` subprotocol. */
+  /** Called before every connect attempt (so after a 4001 or a 4011 too); the token goes in the `aether.token.` subprotocol. */
   getToken?: () => string | Promise<string>;
   /** A static token (no refresh possible). */
   token?: string;
@@ -150,6 +150,8 @@ export class AetherClient extends Emitter<AetherEvents> {
   private deadTimer: ReturnType<typeof setTimeout> | undefined;
   private deadline = 0;
   private httpStatus: number | undefined;
+  /** The 4011 storm guard: counts 4011s in a row. */
+  private readonly serviceReconnects = new ServiceReconnects();
   private askedNew: Route[] = [];
   private queue: Queued[] = [];
   private presenceWaiters: Array<{ resolve: (m: string[]) => void; reject: (e: AetherError) => void; timer: ReturnType<typeof setTimeout> }> = [];
@@ -437,13 +439,15 @@ export class AetherClient extends Emitter<AetherEvents> {
     if (this.httpStatus !== undefined) {
       decision = decideHttpStatus(this.httpStatus, canRefresh);
       reason = reason || `upgrade refused with HTTP ${this.httpStatus}`;
-    } else decision = decideClose(code, canRefresh);
+    } else decision = decideClose(code, canRefresh, code === 4011 ? this.serviceReconnects.note(Date.now()) : 1);
     if (decision.action === "stop") {
       const status = this.httpStatus;
       const e =
         status !== undefined
           ? new AetherError(decision.error, `the hub refused the connection: HTTP ${status}`, status)
-          : new AetherError(decision.error, `the hub closed the connection: ${code}${reason ? " " + reason : ""}`, code);
+          : decision.error === "disconnected_by_service"
+            ? new AetherError(decision.error, `the service disconnected this client: ${code}${reason ? " " + reason : ""}`, code, reason)
+            : new AetherError(decision.error, `the hub closed the connection: ${code}${reason ? " " + reason : ""}`, code);
       this.stop(e, undefined, code, reason);
       return;
     }
@@ -456,7 +460,7 @@ export class AetherClient extends Emitter<AetherEvents> {
       return;
     }
     this.urlIndex = (this.urlIndex + 1) % this.urls.length;
-    let delayMs = decision.immediate ? 0 : backoffDelay(this.attempt, this.backoff);
+    let delayMs = decision.immediate ? 0 : backoffDelay(Math.max(this.attempt, decision.minAttempt ?? 0), this.backoff);
     if (decision.minDelayMs !== undefined) delayMs = Math.max(delayMs, decision.minDelayMs);
     this.attempt++;
     this.setState("reconnecting", { code, reason, attempt: this.attempt, delayMs });

@@ -8,20 +8,55 @@ export type CloseDecision =
       action: "reconnect";
       /** Wait at least this long (on top of nothing: the backoff delay is raised to it). */
       minDelayMs?: number;
-      /** Reconnect at once, no backoff (4001 with getToken). */
+      /** Reconnect at once, no backoff (4001 with getToken; the first 4011 of a row). */
       immediate?: boolean;
+      /** Compute the backoff delay with at least this attempt number (repeated 4011s). */
+      minAttempt?: number;
     }
   | { action: "stop"; error: AetherErrorCode };
 
-/** The close-code table of the README. `canRefreshToken`: a getToken() callback is configured. */
-export function decideClose(code: number, canRefreshToken: boolean): CloseDecision {
+/**
+ * The 4011 storm guard's window: a 4011 that comes less than this long after the previous
+ * 4011 is "in a row" with it.
+ */
+export const SERVICE_RECONNECT_WINDOW_MS = 10_000;
+
+/**
+ * Counts the 4011s ("asked to reconnect by the service") that come in a row: each less than
+ * `windowMs` after the previous one. The first of a row reconnects at once; the ones after it
+ * fall back to the jittered backoff (see decideClose), so a hub that answers every connection
+ * with 4011 cannot make the client spin.
+ */
+export class ServiceReconnects {
+  private streak = 0;
+  private lastAt = Number.NEGATIVE_INFINITY;
+
+  constructor(private readonly windowMs: number = SERVICE_RECONNECT_WINDOW_MS) {}
+
+  /** Records a 4011 at `now` (ms); returns how many 4011s in a row, this one included (1 = first). */
+  note(now: number): number {
+    this.streak = now - this.lastAt < this.windowMs ? this.streak + 1 : 1;
+    this.lastAt = now;
+    return this.streak;
+  }
+}
+
+/**
+ * The close-code table of the README. `canRefreshToken`: a getToken() callback is configured.
+ * `inARow`: for 4011, how many 4011s in a row this one is (ServiceReconnects.note), 1 by default.
+ */
+export function decideClose(code: number, canRefreshToken: boolean, inARow = 1): CloseDecision {
   switch (code) {
     case 1009: // this client sent a frame over the hub's limit
     case 4000: // invalid frame
     case 4003: // policy
       return { action: "stop", error: "hub_closed" };
-    case 4001: // token expired
+    case 4001: // token expired or revoked
       return canRefreshToken ? { action: "reconnect", immediate: true } : { action: "stop", error: "token" };
+    case 4010: // disconnected by the service (POST /v3/disconnect, reconnect false): final
+      return { action: "stop", error: "disconnected_by_service" };
+    case 4011: // asked to reconnect by the service (reconnect true): at once, unless it repeats
+      return inARow <= 1 ? { action: "reconnect", immediate: true } : { action: "reconnect", minAttempt: inARow - 1 };
     case 4029: // sent too fast
       return { action: "reconnect", minDelayMs: 1000 };
     default: // 1000, 1001, 1006, 4008, 4408 and anything else

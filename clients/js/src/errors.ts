@@ -12,13 +12,18 @@ export type AetherErrorCode =
   | "token"
   | "refused"
   | "hub_closed"
+  | "disconnected_by_service"
   | "failed";
 
 export class AetherError extends Error {
   readonly code: AetherErrorCode;
   /** The WebSocket close code (or, for `refused`, the HTTP status) behind this error, when there is one. */
   readonly closeCode?: number;
-  /** For `failed`: the hub's reason (`unavailable`: Redis could not take the message). */
+  /**
+   * For `failed`: the hub's reason (`unavailable`: Redis could not take the message). For
+   * `disconnected_by_service`: the close reason the service gave (`POST /v3/disconnect`; the hub
+   * sends a default wording when it gave none).
+   */
   readonly reason?: string;
 
   constructor(code: AetherErrorCode, message: string, closeCode?: number, reason?: string) {

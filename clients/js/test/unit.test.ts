@@ -1,13 +1,13 @@
 // Unit tests of the pure parts: backoff, frame building/validation, close-code decisions,
 // recovery positions and dedup, the emitter, the pending-ack table, and the client's acks
-// against a scripted fake socket.
+// and its handling of 4010/4011 (with the 4011 storm guard) against a scripted fake socket.
 import { afterEach, describe, expect, test, vi } from "vitest";
 import { Acks } from "../src/acks.js";
 import { backoffDelay } from "../src/backoff.js";
-import { decideClose, decideHttpStatus, httpStatusFromError } from "../src/closeCodes.js";
+import { decideClose, decideHttpStatus, httpStatusFromError, SERVICE_RECONNECT_WINDOW_MS, ServiceReconnects } from "../src/closeCodes.js";
 import { buildFrame, isVisionId } from "../src/frames.js";
 import { Positions } from "../src/recovery.js";
-import { type Ack, AetherClient, AetherError, type Message, type WebSocketLike } from "../src/index.js";
+import { type Ack, AetherClient, AetherError, type Message, type StateEvent, type WebSocketLike } from "../src/index.js";
 
 describe("backoffDelay (full jitter)", () => {
   const o = { minDelayMs: 500, maxDelayMs: 20000 };
@@ -88,6 +88,36 @@ describe("close codes", () => {
     for (const c of [1009, 4000, 4003]) expect(decideClose(c, true)).toEqual({ action: "stop", error: "hub_closed" });
     expect(decideClose(4001, true)).toEqual({ action: "reconnect", immediate: true });
     expect(decideClose(4001, false)).toEqual({ action: "stop", error: "token" });
+  });
+  test("4010 (disconnected by the service) stops for good, with or without getToken", () => {
+    for (const refresh of [true, false]) {
+      expect(decideClose(4010, refresh)).toEqual({ action: "stop", error: "disconnected_by_service" });
+      expect(decideClose(4010, refresh, 5)).toEqual({ action: "stop", error: "disconnected_by_service" });
+    }
+  });
+  test("4011 (asked to reconnect): at once the first time, then the jittered backoff, growing with the row", () => {
+    for (const refresh of [true, false]) {
+      expect(decideClose(4011, refresh)).toEqual({ action: "reconnect", immediate: true });
+      expect(decideClose(4011, refresh, 1)).toEqual({ action: "reconnect", immediate: true });
+      expect(decideClose(4011, refresh, 2)).toEqual({ action: "reconnect", minAttempt: 1 });
+      expect(decideClose(4011, refresh, 6)).toEqual({ action: "reconnect", minAttempt: 5 });
+    }
+    // The row count only matters for 4011.
+    expect(decideClose(4001, true, 3)).toEqual({ action: "reconnect", immediate: true });
+    expect(decideClose(1006, false, 3)).toEqual({ action: "reconnect" });
+  });
+  test("the 4011 storm guard counts 4011s less than the window apart", () => {
+    expect(SERVICE_RECONNECT_WINDOW_MS).toBe(10_000);
+    const g = new ServiceReconnects();
+    expect(g.note(1_000_000)).toBe(1);
+    expect(g.note(1_000_050)).toBe(2);
+    expect(g.note(1_009_000)).toBe(3); // 8950 ms after the previous one
+    expect(g.note(1_019_000)).toBe(1); // exactly the window later: a new row
+    expect(g.note(1_019_001)).toBe(2);
+    const short = new ServiceReconnects(100);
+    expect(short.note(0)).toBe(1);
+    expect(short.note(99)).toBe(2);
+    expect(short.note(250)).toBe(1);
   });
   test("refused upgrades seen by ws", () => {
     expect(decideHttpStatus(401, true)).toEqual({ action: "reconnect" });
@@ -258,9 +288,9 @@ class FakeSocket implements WebSocketLike {
   ack(payload: Record<string, unknown>): void {
     this.onmessage?.({ data: JSON.stringify({ version: "3", msg_type: "ack", target: "echo", from_id: "c", to_id: null, group_id: "g", cmd: null, msg: null, payload, sent_at: "2026-01-01T00:00:00Z" }) });
   }
-  drop(): void {
+  drop(code = 1006, reason = ""): void {
     this.readyState = 3;
-    this.onclose?.({ code: 1006, reason: "" });
+    this.onclose?.({ code, reason });
   }
 }
 
@@ -335,5 +365,127 @@ describe("the client's acks (fake socket)", () => {
 
   test("invalid ack options throw", () => {
     expect(() => make({ ackTimeoutMs: 0 })).toThrow(AetherError);
+  });
+});
+
+describe("4010 and 4011 from the service (fake socket)", () => {
+  afterEach(() => {
+    FakeSocket.all = [];
+    vi.restoreAllMocks();
+  });
+  const make = (extra: Record<string, unknown> = {}) =>
+    new AetherClient({ url: "ws://fake", group: "g", client: "c", WebSocket: FakeSocket, environment: {}, reconnect: { minDelayMs: 100, maxDelayMs: 10_000 }, ...extra });
+
+  test("4010 stops for good: state closed with the code and reason, error disconnected_by_service, pending work settles", async () => {
+    let tokens = 0;
+    const c = make({ getToken: () => `t${++tokens}` });
+    const states: StateEvent[] = [];
+    const errors: AetherError[] = [];
+    c.on("state", (e) => states.push(e));
+    c.on("error", (e) => errors.push(e));
+    await c.connect();
+    const ws = FakeSocket.all[0]!;
+    const written = c.sendGroup({ msg: "in flight" });
+    ws.drop(4010, "account suspended");
+    expect(c.state).toBe("closed");
+    expect(states.at(-1)).toEqual({ from: "open", to: "closed", code: 4010, reason: "account suspended" });
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toBeInstanceOf(AetherError);
+    expect(errors[0]).toMatchObject({ code: "disconnected_by_service", closeCode: 4010, reason: "account suspended" });
+    expect(errors[0]!.message).toMatch(/account suspended/);
+    // Written before the close: its ack cannot come (as on any close); new work is refused.
+    expect(await written).toMatchObject({ status: "unconfirmed", reason: "disconnected" });
+    await expect(c.sendGroup({ msg: "after" })).rejects.toMatchObject({ code: "closed" });
+    await expect(c.connect()).rejects.toMatchObject({ code: "closed" });
+    await expect(c.presence()).rejects.toMatchObject({ code: "closed" });
+    await new Promise((r) => setTimeout(r, 300)); // well past any backoff
+    expect(FakeSocket.all).toHaveLength(1);
+    expect(tokens).toBe(1);
+    expect(states.map((s) => s.to)).toEqual(["connecting", "open", "closed"]);
+  });
+
+  test("4010 with an empty reason: reason \"\"; a send queued before the open is flushed, then settles at the 4010", async () => {
+    const c = make();
+    const errors: AetherError[] = [];
+    c.on("error", (e) => errors.push(e));
+    const opened = c.connect();
+    const queued = c.sendGroup({ msg: "queued" }); // not open yet: waits in the queue
+    await opened;
+    expect(FakeSocket.all[0]!.sends()).toMatchObject([{ msg: "queued" }]);
+    FakeSocket.all[0]!.drop(4010, "");
+    expect(await queued).toMatchObject({ status: "unconfirmed", reason: "disconnected" });
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatchObject({ code: "disconnected_by_service", closeCode: 4010, reason: "" });
+    c.close(); // a no-op now
+    expect(errors).toHaveLength(1);
+    expect(c.state).toBe("closed");
+  });
+
+  test("4011 reconnects at once with a fresh token; the state event carries the code and reason", async () => {
+    let tokens = 0;
+    const c = make({ getToken: () => `t${++tokens}` });
+    const states: StateEvent[] = [];
+    const errors: AetherError[] = [];
+    c.on("state", (e) => states.push(e));
+    c.on("error", (e) => errors.push(e));
+    await c.connect();
+    expect(tokens).toBe(1);
+    FakeSocket.all[0]!.drop(4011, "moved to line 4");
+    expect(states.at(-1)).toMatchObject({ from: "open", to: "reconnecting", code: 4011, reason: "moved to line 4", delayMs: 0 });
+    await vi.waitFor(() => expect(c.state).toBe("open"), { timeout: 2000 });
+    expect(tokens).toBe(2);
+    expect(FakeSocket.all).toHaveLength(2);
+    expect(errors).toEqual([]);
+    c.close();
+  });
+
+  test("storm guard: a 4011 within 10 s of the previous one uses the jittered backoff, growing with the row", async () => {
+    vi.spyOn(Math, "random").mockReturnValue(0.99);
+    let tokens = 0;
+    const c = make({ getToken: () => `t${++tokens}` });
+    const states: StateEvent[] = [];
+    c.on("state", (e) => states.push(e));
+    await c.connect();
+    const delays: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      FakeSocket.all[i]!.drop(4011, "again");
+      delays.push(states.at(-1)!.delayMs!);
+      await vi.waitFor(() => expect(c.state).toBe("open"), { timeout: 5000 });
+    }
+    // 1st: at once; then random(0, min(max, 100 * 2^n)) with n = 1, 2, 3 (random() = 0.99).
+    expect(delays).toEqual([0, 198, 396, 792]);
+    expect(tokens).toBe(5);
+    // Another close in between does not reset the row; only time does.
+    FakeSocket.all[4]!.drop(1006, "");
+    await vi.waitFor(() => expect(c.state).toBe("open"), { timeout: 5000 });
+    FakeSocket.all[5]!.drop(4011, "");
+    expect(states.at(-1)!.delayMs).toBe(1584);
+    c.close();
+  });
+
+  test("a 4011 after the window reconnects at once again", async () => {
+    let now = 1_000_000;
+    vi.spyOn(Date, "now").mockImplementation(() => now);
+    const c = make();
+    const states: StateEvent[] = [];
+    c.on("state", (e) => states.push(e));
+    await c.connect();
+    FakeSocket.all[0]!.drop(4011, "");
+    expect(states.at(-1)!.delayMs).toBe(0);
+    await vi.waitFor(() => expect(c.state).toBe("open"), { timeout: 2000 });
+    now += SERVICE_RECONNECT_WINDOW_MS;
+    FakeSocket.all[1]!.drop(4011, "");
+    expect(states.at(-1)!.delayMs).toBe(0);
+    c.close();
+  });
+
+  test("4011 with reconnect: false stops like any other close (not_connected)", async () => {
+    const c = make({ reconnect: false });
+    const errors: AetherError[] = [];
+    c.on("error", (e) => errors.push(e));
+    await c.connect();
+    FakeSocket.all[0]!.drop(4011, "please");
+    expect(c.state).toBe("closed");
+    expect(errors[0]).toMatchObject({ code: "not_connected", closeCode: 4011 });
   });
 });
