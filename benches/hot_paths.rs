@@ -2,7 +2,8 @@
 //! normalised and encoded; one dispatch to 1, 100 and 10,000 local
 //! subscribers, without and then with the Prometheus recorder installed
 //! (the cost of the metrics); reading a received message's send time for
-//! the pub/sub lag histogram; channel-name building.
+//! the pub/sub lag histogram; channel-name building; the revocation check
+//! of every token (docs/protocol.md section 11) with none and 10,000 held.
 //!
 //!     cargo bench --bench hot_paths
 
@@ -13,6 +14,7 @@ use aether_hub::channels::{Names, Route};
 use aether_hub::delivery::Delivery;
 use aether_hub::outbox::Outbox;
 use aether_hub::protocol::{self, Origin, VisionId};
+use aether_hub::revocation::{Revocation, Revocations, TokenId};
 use aether_hub::router::{Router, SocketId};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -124,11 +126,46 @@ fn channel_names(c: &mut Criterion) {
     });
 }
 
+/// A token checked against no revocation, and against 10,000: half by
+/// `jti` (not this one), half by `sub` (this client among them, issued
+/// before its token), so both lookups run and the token is admitted.
+fn revocation_check(c: &mut Criterion) {
+    let now = 1_800_000_000;
+    let token = TokenId {
+        client: id("client-4242"),
+        jti: Some("client-4242.1800000000".into()),
+        issued_at: Some(now - 10),
+    };
+    let mut bench = c.benchmark_group("revocation check");
+    for held in [0usize, 10_000] {
+        let list = Revocations::new();
+        for i in 0..held {
+            let revocation = match i % 2 {
+                0 => Revocation::Token {
+                    jti: format!("revoked-{i}"),
+                    until: now + 3600,
+                },
+                _ => Revocation::Client {
+                    sub: id(&format!("client-{}", i / 2)),
+                    issued_before: now - 3600,
+                    until: now + 3600,
+                },
+            };
+            list.insert(&revocation, now);
+        }
+        bench.bench_with_input(BenchmarkId::from_parameter(held), &list, |b, list| {
+            b.iter(|| assert!(!list.covers(black_box(&token), now)))
+        });
+    }
+    bench.finish();
+}
+
 criterion_group!(
     hot_paths,
     parse_and_encode,
     dispatch,
     channel_names,
+    revocation_check,
     with_metrics
 );
 criterion_main!(hot_paths);

@@ -144,6 +144,7 @@ impl Driver {
             .await
             .expect("controller connects");
         let urls = [a.ws_url("ops", "visitor"), b.ws_url("ops", "visitor")];
+        let addrs = [a.addr, b.addr];
         tasks.push(tokio::spawn(async move {
             for round in 0..MAX_ROUNDS {
                 let payload = json!({ "round": round });
@@ -160,6 +161,10 @@ impl Driver {
                     if let Ok(visitor) = Client::connect(&urls[round / 10 % 2], &[]).await {
                         visitor.close().await;
                     }
+                }
+                if round % 50 == 0 {
+                    // An operator looking at the fleet.
+                    support::http_request(addrs[round / 50 % 2], "GET", "/v3/info", &[], "").await;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -336,6 +341,7 @@ async fn every_exported_metric_is_on_the_dashboard() {
         .await
         .expect("c");
     assert_eq!(c.close().await, 1000);
+    assert_eq!(hub.get("/v3/info").await.status, 200);
     eventually("the close is counted", || async {
         hub.get("/metrics")
             .await
