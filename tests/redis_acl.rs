@@ -297,7 +297,7 @@ async fn every_redis_feature_works_with_exactly_the_documented_rule() {
     })
     .await;
 
-    operate(a.addr, b.addr, "single").await;
+    operate(a.addr, b.addr, "single", "redis").await;
 
     // A killed instance is swept: its client leaves presence.
     let _victim = Client::connect(&doomed.ws_url("g1", "victim"), &[])
@@ -553,7 +553,7 @@ async fn the_shell_form_makes_the_same_user() {
 /// presence (events and HTTP), every target with acknowledgements, a
 /// service's publish, and a socket that resumes on the other instance
 /// with exactly what it missed. Groups and clients are named after `tag`.
-async fn exercise(a: SocketAddr, b: SocketAddr, tag: &str) {
+async fn exercise(a: SocketAddr, b: SocketAddr, tag: &str, mode: &str) {
     let ws = |at: SocketAddr, group: &str, client: &str| {
         format!("ws://{at}/v3/ws/group/{tag}-{group}/client/{tag}-{client}")
     };
@@ -612,7 +612,7 @@ async fn exercise(a: SocketAddr, b: SocketAddr, tag: &str) {
     assert_eq!(summary["msg_type"], "recovery", "{summary}");
     assert_eq!(summary["payload"]["group"]["recovered"], true, "{summary}");
     assert_eq!(summary["payload"]["group"]["missed"], 2, "{summary}");
-    operate(a, b, tag).await;
+    operate(a, b, tag, mode).await;
     alice.close().await;
     watcher.close().await;
 }
@@ -620,8 +620,8 @@ async fn exercise(a: SocketAddr, b: SocketAddr, tag: &str) {
 /// The operators' routes (docs/protocol.md section 11) as the documented
 /// user: a disconnect through A closes a socket on B, a revocation is
 /// kept (and every instance loads the kept ones), `info` reads every
-/// liveness record.
-async fn operate(a: SocketAddr, b: SocketAddr, tag: &str) {
+/// liveness record, and names the `mode`.
+async fn operate(a: SocketAddr, b: SocketAddr, tag: &str, mode: &str) {
     let dave_id = format!("{tag}-dave");
     let mut dave = Client::connect(
         &format!("ws://{b}/v3/ws/group/{tag}-g1/client/{dave_id}"),
@@ -641,6 +641,7 @@ async fn operate(a: SocketAddr, b: SocketAddr, tag: &str) {
     assert_eq!(info.status, 200, "{}", info.body);
     let listed = info.json()["instances"].as_array().map_or(0, Vec::len);
     assert!(listed >= 2, "{}", info.body);
+    assert_eq!(info.json()["mode"], mode, "{}", info.body);
 }
 
 /// Sums `INFO commandstats` over `conns`, until every command of `want`
@@ -718,7 +719,7 @@ async fn a_cluster_needs_exactly_the_documented_cluster_rule() {
     ])
     .await;
 
-    exercise(a.addr, b.addr, "c1").await;
+    exercise(a.addr, b.addr, "c1", "cluster").await;
     mid_migration_publish(&cluster, b.addr).await;
 
     let want = acl::allowed(&words);
@@ -785,7 +786,7 @@ async fn sentinel_mode_needs_exactly_the_documented_rules() {
     ])
     .await;
 
-    exercise(a.addr, b.addr, "s1").await;
+    exercise(a.addr, b.addr, "s1", "sentinel").await;
     // The hubs are the restricted users on both sides: each listens for
     // `+switch-master` on a sentinel, and names its connections to the
     // master.
@@ -820,7 +821,7 @@ async fn sentinel_mode_needs_exactly_the_documented_rules() {
             && b.get("/readyz").await.status == 200
     })
     .await;
-    exercise(a.addr, b.addr, "s2").await;
+    exercise(a.addr, b.addr, "s2", "sentinel").await;
 
     // The failover closed the test's connections to the demoted master.
     for port in sentinels.data_ports() {

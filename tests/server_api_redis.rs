@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::admin::{
-    assert_closed, assert_members, assert_open, assert_refused, assert_status, connect_keyed,
-    connect_token, disconnect, history, history_paged, info_until, members, next_message, presence,
-    presence_event, publish, revoke, token, upgrade_with, Cred, ADMIN, CLIENT_KEY, PROPAGATION,
-    REVOKED,
+    admin_get, admin_post, assert_closed, assert_members, assert_open, assert_refused,
+    assert_status, connect_keyed, connect_token, disconnect, history, history_paged, info_until,
+    members, next_message, presence, presence_event, publish, revoke, token, upgrade_with, Cred,
+    ADMIN, CLIENT_KEY, PROPAGATION, REVOKED,
 };
 use support::cluster::Cluster;
 use support::redis::RedisServer;
@@ -421,4 +421,46 @@ async fn a_starting_instance_never_admits_a_revoked_token() {
         "a starting instance admitted the revoked token {admitted} times in {STARTS} starts \
          (the first ones: /readyz then, and what the socket got next: {closed_later:?})"
     );
+}
+
+/// Redis down: every action is 503 with a JSON error (nothing was kept
+/// or sent, so it may be sent again), and a token cannot be checked by an
+/// instance that never loaded the revocations: 503, not 101 nor 401. Once
+/// Redis is back, the same token is admitted.
+#[tokio::test]
+async fn with_redis_down_actions_are_503_and_tokens_wait_for_the_revocations() {
+    let mut redis = RedisServer::start();
+    let secret = tokens::secret();
+    let a = redis_hub(&redis, "hub-a", &secret).await;
+    redis.kill();
+    support::eventually("A sees Redis down", || async {
+        a.get("/readyz").await.status == 503
+    })
+    .await;
+    let body = json!({"client_id": "alice"});
+    assert_refused(
+        &admin_post(&a, "/v3/disconnect", &body).await,
+        503,
+        "disconnect",
+    );
+    let body = json!({"jti": "t-down", "until": now() + 600});
+    assert_refused(&admin_post(&a, "/v3/revoke", &body).await, 503, "revoke");
+    assert_refused(&admin_get(&a, "/v3/info").await, 503, "info");
+
+    // An instance started while Redis is down has loaded no revocation.
+    let url = redis.url();
+    let b = TestHub::with(|c| {
+        c.redis_url = Some(url);
+        configure(c, "hub-b", &secret);
+    })
+    .await;
+    let good = token(&secret, "alice", json!({"jti": "t-good"}));
+    assert_eq!(upgrade_with(&b, "g1", "alice", &good).await, 503);
+    let ready = b.get("/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    redis.restart();
+    support::eventually("B admits the token once Redis is back", || async {
+        upgrade_with(&b, "g1", "alice", &good).await == 101
+    })
+    .await;
 }
