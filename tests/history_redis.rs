@@ -463,22 +463,22 @@ async fn a_pubsub_blip_loses_and_repeats_nothing() {
     // machine, so the oldest missed messages were trimmed before the
     // repair read them (the test failed ~1 run in 12 that way).
     let (a, b) = pair(&redis, 2_000, Duration::from_secs(300)).await;
-    // On A: client:w1, client:w2, group:line, broadcast = 4 channels.
-    // On B: client:planner, group:line, broadcast = 3.
+    // On A: client:w1, client:w2, group:line, broadcast, control = 5
+    // channels. On B: client:planner, group:line, broadcast, control = 4.
     let mut w1 = a.connect("line", "w1").await;
     let mut w2 = a.connect("line", "w2").await;
     let planner = b.connect("line", "planner").await;
     let mut conn = redis.client().await;
-    assert_eq!(pubsub_with(&mut conn, 4).await, 1);
+    assert_eq!(pubsub_with(&mut conn, 5).await, 1);
 
     let stop = Arc::new(AtomicBool::new(false));
     let sending = keep_sending(planner, Duration::from_millis(2), stop.clone());
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(kill_pubsub_with(&mut conn, 4).await, 1, "A's pub/sub only");
+        assert_eq!(kill_pubsub_with(&mut conn, 5).await, 1, "A's pub/sub only");
         eventually("A subscribed again", || {
             let mut conn = conn.clone();
-            async move { pubsub_with(&mut conn, 4).await == 1 }
+            async move { pubsub_with(&mut conn, 5).await == 1 }
         })
         .await;
     }
@@ -556,7 +556,8 @@ async fn a_redis_restart_with_persistence_keeps_the_numbering_whole() {
 async fn what_was_published_during_a_blip_arrives_without_newer_traffic() {
     let redis = RedisServer::start();
     let (a, b) = default_pair(&redis).await;
-    // On A: client:w1, group:line, broadcast = 3 channels; B holds none.
+    // On A: client:w1, group:line, broadcast, control = 4 channels; B
+    // holds only control.
     let mut w1 = a.connect("line", "w1").await;
     let publish = |n: u64| {
         let body = json!({"msg_type": "cmd", "target": "group", "group_id": "line",
@@ -568,7 +569,7 @@ async fn what_was_published_during_a_blip_arrives_without_newer_traffic() {
     assert_eq!(offset(&next_message(&mut w1).await), 1);
 
     let mut conn = redis.client().await;
-    assert_eq!(kill_pubsub_with(&mut conn, 3).await, 1, "A's pub/sub only");
+    assert_eq!(kill_pubsub_with(&mut conn, 4).await, 1, "A's pub/sub only");
     for n in 2..=6 {
         assert_eq!(publish(n).await["offset"], n);
     }
@@ -642,7 +643,8 @@ async fn routes_with_nothing_delivered_yet_catch_up_after_a_blip() {
     }
     let mut conn = redis.client().await;
     let before = evalsha_calls(&mut conn).await;
-    // On A: client:w1, group:line, broadcast = 3 channels; B holds none.
+    // On A: client:w1, group:line, broadcast, control = 4 channels; B
+    // holds only control.
     let mut w1 = a.connect("line", "w1").await;
     // A reads where each of the three routes stands once subscribed.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -654,7 +656,7 @@ async fn routes_with_nothing_delivered_yet_catch_up_after_a_blip() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    assert_eq!(kill_pubsub_with(&mut conn, 3).await, 1, "A's pub/sub only");
+    assert_eq!(kill_pubsub_with(&mut conn, 4).await, 1, "A's pub/sub only");
     for n in 3..=5 {
         assert_eq!(publish(group(n)).await["offset"], n);
     }
@@ -777,7 +779,8 @@ async fn a_redis_that_lost_everything_starts_a_new_epoch_at_one() {
 async fn a_new_epoch_begun_during_a_blip_is_delivered_from_one() {
     let redis = RedisServer::start();
     let (a, b) = default_pair(&redis).await;
-    // On A: client:w1, group:line, broadcast = 3 channels; B holds none.
+    // On A: client:w1, group:line, broadcast, control = 4 channels; B
+    // holds only control.
     let mut w1 = a.connect("line", "w1").await;
     let body = json!({"msg_type": "cmd", "target": "group", "group_id": "line", "from_id": "svc"});
     let publish = || async { b.post("/v3/publish", &[], &body.to_string()).await.json() };
@@ -785,7 +788,7 @@ async fn a_new_epoch_begun_during_a_blip_is_delivered_from_one() {
     assert_eq!(offset(&next_message(&mut w1).await), 1);
 
     let mut conn = redis.client().await;
-    assert_eq!(kill_pubsub_with(&mut conn, 3).await, 1, "A's pub/sub only");
+    assert_eq!(kill_pubsub_with(&mut conn, 4).await, 1, "A's pub/sub only");
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let mut epoch = None;
     for n in 1..=3 {

@@ -278,7 +278,8 @@ impl Reader {
         }
         match event {
             Event::Subscribed(routes) => {
-                for route in routes {
+                // History never keeps the control route: nothing to repair.
+                for route in routes.into_iter().filter(Route::is_kept) {
                     match self.routes.get_mut(&route) {
                         Some(Track::Repairing(repair)) if !repair.subscribed => {
                             repair.subscribed = true;
@@ -302,7 +303,10 @@ impl Reader {
                     self.routes.remove(route);
                 }
             }
-            Event::Lost(routes) => self.lose(&routes),
+            Event::Lost(mut routes) => {
+                routes.retain(Route::is_kept);
+                self.lose(&routes)
+            }
             Event::Settled => self
                 .routes
                 .retain(|_, t| !matches!(t, Track::Repairing(r) if !r.subscribed)),
