@@ -218,35 +218,53 @@ async fn one_connection_per_needed_master_and_none_elsewhere() {
     let c1 = cluster.id_on_master(home, "chc", client_channel).await;
     let c2 = cluster.id_on_master(home, "chd", client_channel).await;
 
+    // Every hub also listens on the control channel (operators' actions,
+    // docs/protocol.md section 11), on whichever master holds it.
+    let control_master = cluster.master_of_key("t:ws:control").await;
+    let control = masters
+        .iter()
+        .position(|&m| m == control_master)
+        .expect("a master owns the control channel");
+    // Connections per master when each hub needs the masters listed.
+    let want_of = |hubs: &[&[usize]]| {
+        let mut want = vec![0; masters.len()];
+        for needs in hubs {
+            let mut needs = needs.to_vec();
+            needs.push(control);
+            needs.sort_unstable();
+            needs.dedup();
+            for m in needs {
+                want[m] += 1;
+            }
+        }
+        want
+    };
+
     let a = hub(cluster).await;
-    let mut want = vec![0; masters.len()];
-    want[home] = 1;
-    // Many sockets, one master: one connection.
+    // Many sockets, one master: one connection (and the control's).
     let mut sockets = Vec::new();
     for _ in 0..5 {
         sockets.push(a.connect(&g_home, &c1).await);
     }
-    expect_pubsub(cluster, &want).await;
+    expect_pubsub(cluster, &want_of(&[&[home]])).await;
 
     let b = hub(cluster).await;
     let _on_b = b.connect(&g_home, &c2).await;
-    want[home] = 2;
-    expect_pubsub(cluster, &want).await;
+    expect_pubsub(cluster, &want_of(&[&[home], &[home]])).await;
 
     // A group on another master: one more connection, from `a` only.
     let away_socket = a.connect(&g_away, &c1).await;
-    want[away] = 1;
-    expect_pubsub(cluster, &want).await;
+    expect_pubsub(cluster, &want_of(&[&[home, away], &[home]])).await;
     assert_eq!(
         cluster
             .shard_numsub(masters[away], &group_channel(&g_away))
             .await,
         1
     );
-    // Its last socket gone, the master is no longer needed.
+    // Its last socket gone, the master is no longer needed (unless it
+    // holds the control channel).
     away_socket.close().await;
-    want[away] = 0;
-    expect_pubsub(cluster, &want).await;
+    expect_pubsub(cluster, &want_of(&[&[home], &[home]])).await;
     assert_eq!(
         a.metric(&format!(
             "aether_redis_shard_up{{shard=\"127.0.0.1:{}\"}}",
