@@ -41,36 +41,25 @@ pub fn routes(
         .or(warp::any().map(Query::new))
         .unify();
     let body = warp::body::content_length_limit(MAX_BODY).and(warp::body::stream());
-    let disconnect = warp::path!("v3" / "disconnect")
+    let act = warp::path!("v3" / Action)
         .and(warp::post())
         .and(warp::header::headers_cloned())
         .and(query)
         .and(body)
         .and(api.clone())
-        .then(|headers, query, body, api: Arc<Api>| async move {
+        .then(|action, headers, query, body, api: Arc<Api>| async move {
             let done = async {
                 api.admin(&headers, &query)?;
-                let d = disconnect_body(&read_body(body).await?)?;
-                api.operator()?.disconnect(d).await.map_err(unavailable)?;
+                let body = read_body(body).await?;
+                let operator = api.operator()?;
+                match action {
+                    Action::Disconnect => operator.disconnect(disconnect_body(&body)?).await,
+                    Action::Revoke => operator.revoke(revoke_body(&body, unix_now())?).await,
+                }
+                .map_err(unavailable)?;
                 Ok(accepted())
             };
-            answer("disconnect", done.await)
-        });
-    let body = warp::body::content_length_limit(MAX_BODY).and(warp::body::stream());
-    let revoke = warp::path!("v3" / "revoke")
-        .and(warp::post())
-        .and(warp::header::headers_cloned())
-        .and(query)
-        .and(body)
-        .and(api.clone())
-        .then(|headers, query, body, api: Arc<Api>| async move {
-            let done = async {
-                api.admin(&headers, &query)?;
-                let r = revoke_body(&read_body(body).await?, unix_now())?;
-                api.operator()?.revoke(r).await.map_err(unavailable)?;
-                Ok(accepted())
-            };
-            answer("revoke", done.await)
+            answer(action.name(), done.await)
         });
     let info = warp::path!("v3" / "info")
         .and(warp::get())
@@ -105,13 +94,36 @@ pub fn routes(
                 answer("history", done.await)
             },
         );
-    disconnect
-        .or(revoke)
-        .unify()
-        .or(info)
-        .unify()
-        .or(history)
-        .unify()
+    act.or(info).unify().or(history).unify()
+}
+
+/// The two actions, `POST /v3/{action}`.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Disconnect,
+    Revoke,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Disconnect => "disconnect",
+            Action::Revoke => "revoke",
+        }
+    }
+}
+
+/// Any other path segment is not ours (`POST /v3/publish` is).
+impl std::str::FromStr for Action {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "disconnect" => Ok(Action::Disconnect),
+            "revoke" => Ok(Action::Revoke),
+            _ => Err(()),
+        }
+    }
 }
 
 impl Api {
