@@ -6,29 +6,18 @@
 // sends is logged with its ack (ok, and the offset the worker receives it
 // with). A screenshot is saved to test-results/console.png.
 
-import { existsSync, mkdirSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startHub, type Hub } from "../support/hub.js";
+import { ARGS, CHROMIUM, haveChromium, RESULTS } from "./chromium.js";
 import { startProxy, type Proxy } from "../support/proxy.js";
 
-const CHROMIUM = "/usr/bin/chromium";
-const ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-const RESULTS = join(dirname(fileURLToPath(import.meta.url)), "../../test-results");
 /** The longest any one wait in this test may take. */
 const WAIT_MS = 20_000;
 const GROUP = "console-e2e";
 
-const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium) {
   console.warn(`console.test.ts: SKIPPED: ${CHROMIUM} not found (apt-get install chromium)`);
 }

@@ -8,24 +8,14 @@
 // out of the address and the page's storage; the page breaks no CSP rule.
 // A screenshot is saved to test-results/console-operator.png.
 
-import { existsSync, mkdirSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
 import { startHub, type Hub } from "../support/hub.js";
+import { ARGS, CHROMIUM, haveChromium, RESULTS } from "./chromium.js";
 
-const CHROMIUM = "/usr/bin/chromium";
-const ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-const RESULTS = join(dirname(fileURLToPath(import.meta.url)), "../../test-results");
 /** The longest any one wait in this test may take. */
 const WAIT_MS = 20_000;
 const GROUP = "operator-e2e";
@@ -34,7 +24,6 @@ const ADMIN_KEY = "admin-key-e2e-7f3a";
 const CLIENT_KEY = "client-key-e2e-19c2";
 const NOTE = "before the operator came";
 
-const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium) {
   console.warn(`operator.test.ts: SKIPPED: ${CHROMIUM} not found (apt-get install chromium)`);
 }
