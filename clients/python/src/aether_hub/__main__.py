@@ -85,6 +85,13 @@ def _verbose(client: Client) -> None:
     client.on("error", lambda e: _err(f"error: {e}"))
 
 
+async def _open(client: Client, args: argparse.Namespace) -> Optional[int]:
+    """Logs its events with ``-v``, then connects; an exit code when it could not."""
+    if args.verbose:
+        _verbose(client)
+    return await _connect(client, args.timeout)
+
+
 async def _connect(client: Client, timeout: float) -> Optional[int]:
     """Connects; an exit code when it could not."""
     try:
@@ -168,9 +175,7 @@ async def _send(args: argparse.Namespace) -> int:
         _err("--payload must be a JSON object")
         return EXIT_USAGE
     client = _client(args)
-    if args.verbose:
-        _verbose(client)
-    code = await _connect(client, args.timeout)
+    code = await _open(client, args)
     if code is not None:
         return code
     body: Dict[str, Any] = {"cmd": args.cmd, "msg": args.msg, "payload": payload, "ack": not args.no_ack}
@@ -197,9 +202,7 @@ async def _send(args: argparse.Namespace) -> int:
 
 async def _presence(args: argparse.Namespace) -> int:
     client = _client(args)
-    if args.verbose:
-        _verbose(client)
-    code = await _connect(client, args.timeout)
+    code = await _open(client, args)
     if code is not None:
         return code
     try:
